@@ -1,0 +1,55 @@
+"""Session fixtures: real mosquitto and influxd on free loopback ports, and the MicroPython VM."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kerbside.services import Influxd, Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from influx_helpers import InfluxHTTP  # noqa: E402
+from mpy import vm  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def vectors() -> list[dict]:
+    return json.loads((ROOT / "docs" / "wire" / "vectors.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    broker = Mosquitto("mosquitto", tmp_path_factory.mktemp("mosquitto"), free_port()).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
+    db = Influxd("influxd", tmp_path_factory.mktemp("influxd"), free_port()).start()
+    yield db
+    db.stop()
+
+
+@pytest.fixture
+def influx(influxd: Influxd, request: pytest.FixtureRequest) -> Iterator[InfluxHTTP]:
+    """A fresh database on the session's influxd, dropped afterwards."""
+    name = "t_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:60]
+    client = InfluxHTTP(influxd.url, name)
+    client.query(f'DROP DATABASE "{name}"', post=True)
+    client.query(f'CREATE DATABASE "{name}"', post=True)
+    yield client
+    client.query(f'DROP DATABASE "{name}"', post=True)
+
+
+@pytest.fixture(scope="session")
+def micropython() -> object:
+    if not vm.available():
+        pytest.fail("MicroPython VM missing: `make test` installs it (npm ci in tests/mpy)")
+    return vm
