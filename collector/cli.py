@@ -9,9 +9,9 @@ import typer
 
 
 def decode_cmd(
-    topic: str = typer.Option(..., "--topic", "-t", help="MQTT topic the payload arrived on, e.g. kerbside/v1/00c0ffee/readings."),
+    topic: str = typer.Option(..., "--topic", "-t", help="MQTT topic the payload came on: kerbside/v1/<id>/readings."),
     hex_input: bool = typer.Option(False, "--hex", help="stdin holds hex text (whitespace ignored), not raw bytes."),
-    now: float = typer.Option(None, "--now", help="Judge timestamps at this unix time instead of the clock (replaying old captures)."),
+    now: float = typer.Option(None, "--now", help="Judge timestamps at this unix time, not the clock (old captures)."),
 ) -> None:
     """Decode one payload from stdin and print the InfluxDB line protocol the collector would write.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from knode import wire
 
 from collector import contract
 from collector.decode import Rejected, decode
+from knode import wire
 
 NOW = 1767225600
 DEV = bytes.fromhex("00c0ffee")
