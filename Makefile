@@ -52,8 +52,7 @@ test: deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: deps
-	@echo "make demo: not built yet. The demo (brokers, collector, simulated fleet, LEZ report) lands with issue 7."
-	@echo "Today: 'make test' runs the wire-contract vectors against real mosquitto, influxd and MicroPython."
+	$(VENV)/bin/kerbside demo $(DEMO_ARGS)
 
 bench: deps
 	@echo "benchmarks land with the collector and demo issues (bench/)."

@@ -243,7 +243,7 @@ def _air_lines(rows, suffix, tags, seq, boot, t0, period, expected) -> list[str]
 
 def _traffic_lines(rows, suffix, tags, seq, boot, t0, period, expected) -> list[str]:  # type: ignore[no-untyped-def]
     ncls = len(c.TRAFFIC_CLASSES)
-    heads = {}
+    heads: dict[object, str] = {}
     for d in c.TRAFFIC_DIRECTIONS:
         heads[d] = f"traffic_flow{suffix},{_tagset({**tags, 'direction': d})} "
         for cls in c.TRAFFIC_CLASSES:

@@ -117,6 +117,10 @@ class Mosquitto(Service):
 
     def config(self) -> str:
         text = MOSQUITTO_BASE.format(state=self.state, port=self.port, host=LOOPBACK, max_queued=self.max_queued)
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to user "mosquitto", which cannot write a root-owned state
+            # directory: persistence would fail silently and a restart would lose queued messages.
+            text += "user root\n"
         if self.anonymous:
             text += "allow_anonymous true\n"
         return text + self.extra

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import signal
 import socket
@@ -25,9 +24,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.append(str(HERE))
 from prov_helpers import WAIT, EmulatedBoard, Probe, add_device, connect, start_board  # noqa: E402
-
-AS_ROOT = "user root\n" if os.geteuid() == 0 else ""
-"""Started as root, mosquitto drops to user mosquitto, who cannot enter pytest's 0700 temp dirs."""
 
 
 @dataclass
@@ -67,7 +63,7 @@ def fleet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetBrok
     d = BrokerDir(root / "broker")
     tls_port = free_port()
     write_all(d, registry.load(), ["127.0.0.1", "localhost"], root / "state", tls_port=tls_port)
-    extra = AS_ROOT + broker.render_security(d.files, tls_port, LOOPBACK)
+    extra = broker.render_security(d.files, tls_port, LOOPBACK)
     mosq = Mosquitto("mosquitto", root / "state", free_port(), extra=extra, anonymous=False).start()
     # The TLS listener comes up with the plain one, but wait for it rather than assume.
     with socket.create_connection((LOOPBACK, tls_port), timeout=WAIT):

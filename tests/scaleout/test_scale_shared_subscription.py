@@ -44,7 +44,7 @@ class Collector:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "collector.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.dir / "collector.log", "ab")  # owned by the child
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -1,0 +1,192 @@
+"""Collector test helpers: in-process and subprocess collectors, publishing, waiting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from collector.config import Config
+from collector.service import Collector
+from kerbside.services import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def make_config(tmp_path: Path, broker: Mosquitto, influx_url: str, db: str, **over: object) -> Config:
+    cfg = Config()
+    cfg.mqtt.url = broker.url
+    cfg.mqtt.client_id = f"kc-{tmp_path.name[-20:]}"
+    cfg.influx.url = influx_url
+    cfg.influx.db = db
+    cfg.spool.dir = str(tmp_path / "spool")
+    cfg.spool.backoff_min_s = 0.2
+    cfg.spool.backoff_max_s = 1.0
+    cfg.http.port = free_port()
+    for dotted, value in over.items():
+        section, key = dotted.split("__")
+        setattr(getattr(cfg, section), key, value)
+    return cfg
+
+
+class InProcess:
+    """A Collector on a thread of the test process, for tests that need its clock or its counters."""
+
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time) -> None:
+        self.collector = Collector(cfg, clock=clock)
+        self.thread = threading.Thread(target=self.collector.run, name="collector", daemon=True)
+
+    def __enter__(self) -> Collector:
+        self.thread.start()
+        wait_for(lambda: self.collector.subscribed, 15, "collector connected and subscribed")
+        return self.collector
+
+    def __exit__(self, *exc: object) -> None:
+        self.collector.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "collector did not stop within 30 s"
+
+
+def collector_env(cfg: Config) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERBSIDE_")}
+    for section, values in cfg.as_dict(mask=False).items():
+        for key, value in values.items():
+            env[f"KERBSIDE_{section.upper()}_{key.upper()}"] = str(value)
+    return env
+
+
+def spawn(cfg: Config, log: Path, wait: bool = True) -> subprocess.Popen[bytes]:
+    """`python -m kerbside collect` configured entirely through the environment; wait=True: until subscribed.
+
+    Needs cfg.http.port set (the readiness check reads /metrics).
+    """
+    out = open(log, "ab")
+    proc = subprocess.Popen([PYTHON, "-m", "kerbside", "collect"], env=collector_env(cfg), cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if wait:
+        def ready() -> bool:
+            assert proc.poll() is None, f"collector exited {proc.returncode}: {log.read_text()[-2000:]}"
+            try:
+                return scrape(cfg.http.port).get("kerbside_mqtt_subscribed") == 1
+            except OSError:
+                return False
+
+        wait_for(ready, 20, "collector subprocess subscribed")
+    return proc
+
+
+class Publisher:
+    """QoS1 publisher with a persistent connection; publish() returns once the broker has the message."""
+
+    def __init__(self, broker: Mosquitto, client_id: str = "test-pub") -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def publish_many(self, msgs: list[tuple[str, bytes]], retain: bool = False) -> None:
+        infos = [self.client.publish(t, p, qos=1, retain=retain) for t, p in msgs]
+        for info in infos:
+            info.wait_for_publish(60)
+            assert info.is_published()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def mosquitto_pub(broker: Mosquitto, topic: str, payload: bytes, retain: bool = False) -> None:
+    args = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", topic, "-s" if payload else "-n"]
+    if retain:
+        args.append("-r")
+    subprocess.run(args, input=payload, check=True, timeout=10)
+
+
+def make_stream(devices: int, total: int, seed: int, per_msg: tuple[int, int] = (10, 60),
+                period: int = 60) -> tuple[list[tuple[str, bytes]], dict[str, list[int]]]:
+    """Readings messages (air kit, synced clocks) for `devices` nodes, `total` readings in all, interleaved by device.
+
+    Returns the messages in publish order and, per device, the sequence numbers sent.
+    """
+    import random
+
+    from knode import wire
+
+    rng = random.Random(seed)
+    now = int(time.time())
+    per_dev = total // devices
+    t_start = now - per_dev * period - 3600
+    queues: dict[str, list[tuple[str, bytes]]] = {}
+    seqs: dict[str, list[int]] = {}
+    for d in range(devices):
+        dev = f"{0xC0110000 + d:08x}"
+        msgs, seq, left = [], 1000 * d, per_dev + (total - per_dev * devices if d == 0 else 0)
+        seqs[dev] = list(range(seq, seq + left))
+        while left:
+            n = min(left, rng.randint(*per_msg))
+            rows = [(6, [rng.randint(0, 500), rng.randint(0, 800), rng.randint(0, 1200), rng.randint(-100, 350),
+                         rng.randint(200, 990), rng.randint(9800, 10300)]) for _ in range(n)]
+            t0 = t_start + (seq - 1000 * d) * period
+            payload = wire.encode_readings(bytes.fromhex(dev), seq, 1, True, 1, t0, period, 6, rows)
+            msgs.append((wire.topic(dev, "readings"), payload))
+            seq += n
+            left -= n
+        queues[dev] = msgs
+    out: list[tuple[str, bytes]] = []
+    while any(queues.values()):
+        for q in queues.values():
+            if q:
+                out.append(q.pop(0))
+    return out, seqs
+
+
+def seq_summary(influx: object, measurement: str = "air") -> dict[str, tuple[int, int, int, int]]:
+    """device -> (count, sum, min, max) of the seq field: equal to the sent ones means all there, none extra."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    try:
+        series = influx.query(f'SELECT COUNT("seq"), SUM("seq"), MIN("seq"), MAX("seq") FROM "{measurement}" GROUP BY device')  # type: ignore[attr-defined]
+    except RuntimeError as e:
+        if "database not found" in str(e):
+            return out  # the collector has not created it yet
+        raise
+    for s in series:
+        _, count, total, lo, hi = s["values"][0]
+        out[s["tags"]["device"]] = (count, total, lo, hi)
+    return out
+
+
+def expected_summary(seqs: dict[str, list[int]]) -> dict[str, tuple[int, int, int, int]]:
+    return {d: (len(s), sum(s), min(s), max(s)) for d, s in seqs.items()}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text from /metrics as {'name{labels}': value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
