@@ -276,7 +276,70 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
+gaps_app = typer.Typer(help="Sequence gaps: find them from what InfluxDB holds (for collectors in a shared group).",
+                       no_args_is_help=True)
+
+
+@gaps_app.command("scan")
+def gaps_scan(
+    config: ConfigOpt = None,
+    influx: str = typer.Option(None, "--influx", help="InfluxDB URL (influx.url)."),
+    db: str = typer.Option(None, "--db", help="InfluxDB database (influx.db)."),
+    since: str = typer.Option("6h", "--since", help="Window to scan: 90m, 6h, 2d. Gaps older than this are left as recorded."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the gap records instead of writing them."),
+) -> None:
+    """Write kerbside_gaps records from the sequence numbers stored in InfluxDB.
+
+    Collectors in a shared-subscription group (mqtt.group) each see part of every device's stream, so they
+    leave gap records to this scan: run it every few minutes (a systemd timer) with a window longer than a
+    node's longest expected outage. A single collector tracks gaps live and does not need it.
+
+    Example:
+
+      kerbside gaps scan -c /etc/kerbside/collector.toml --since 2d
+    """
+    import httpx
+
+    from collector.gapscan import scan
+
+    cfg = _load_config(config, {"influx.url": influx, "influx.db": db})
+    units = {"m": 60, "h": 3600, "d": 86400}
+    try:
+        since_s = int(float(since[:-1]) * units[since[-1]])
+    except (KeyError, ValueError, IndexError):
+        typer.echo(f"error: --since {since!r}: use a number with m, h or d, e.g. 6h", err=True)
+        raise typer.Exit(2) from None
+    auth = (cfg.influx.username, cfg.influx.password) if cfg.influx.username else None
+    with httpx.Client(base_url=cfg.influx.url.rstrip("/"), auth=auth, timeout=60) as client:
+        def query(q: str) -> list[dict]:
+            r = client.get("/query", params={"db": cfg.influx.db, "q": q, "epoch": "ns"})
+            r.raise_for_status()
+            res = r.json()["results"][0]
+            if "error" in res:
+                raise RuntimeError(res["error"])
+            return list(res.get("series", []))
+
+        try:
+            records = scan(query, since_s)
+            lines = [rec.line() for rec in records]
+            if dry_run:
+                for line in lines:
+                    typer.echo(line)
+            elif lines:
+                params = {"db": cfg.influx.db, "precision": "ns"}
+                if cfg.influx.rp:
+                    params["rp"] = cfg.influx.rp
+                client.post("/write", params=params, content="\n".join(lines).encode()).raise_for_status()
+        except (httpx.HTTPError, RuntimeError) as e:
+            typer.echo(f"error: InfluxDB at {cfg.influx.url}: {e}", err=True)
+            raise typer.Exit(1) from None
+    open_now = sum(1 for r in records if r.missing)
+    typer.echo(f"{len(records)} gap records {'found' if dry_run else 'written'}; {open_now} still missing readings "
+               f"({sum(r.missing for r in records)} in all)", err=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command("decode")(decode_cmd)
     app.command("collect")(collect_cmd)
     app.add_typer(dlq_app, name="dlq")
+    app.add_typer(gaps_app, name="gaps")

@@ -212,7 +212,9 @@ class Collector:
             return
         if d.kind == "readings":
             rp = self.cfg.influx.rp if d.synced else self.cfg.influx.unsynced_rp
-            gap_lines = self.tracker.observe(d.device, d.seq, d.count, d.t0, d.period, tags or {})
+            # In a shared group this member sees part of each stream: `kerbside gaps scan` finds gaps instead.
+            gap_lines = [] if self.cfg.mqtt.group else self.tracker.observe(d.device, d.seq, d.count, d.t0, d.period,
+                                                                            tags or {})
             self._add(rp, d.lines + gap_lines)
             self.metrics.inc("kerbside_readings_total", d.count)
         else:
