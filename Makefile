@@ -55,7 +55,9 @@ demo: deps
 	$(VENV)/bin/kerbside demo $(DEMO_ARGS)
 
 bench: deps
-	@echo "benchmarks land with the collector and demo issues (bench/)."
+	$(PY) bench/collector.py
+	$(PY) bench/fleet.py
+	$(PY) bench/firmware.py
 
 clean:
 	rm -rf $(VENV) tests/mpy/node_modules .pytest_cache .hypothesis

@@ -83,6 +83,42 @@ def heap() -> None:
               f"(total after run {r.heap_total}); {r.stdout.strip()}")
 
 
+ENCODE_SCRIPT = """
+import time
+from knode import wire
+DEV = b"\\x00\\xc0\\xff\\xee"
+rows = [(6, [61 + i % 7, 98 + i % 5, 152, 123 + i // 10, 710, 10082, 412 - i % 9, 438]) for i in range(60)]
+for label, batch, reps in (("batch of 60", rows, 50), ("one reading", rows[:1], 2000)):
+    t = time.ticks_us()
+    for _ in range(reps):
+        wire.encode_readings(DEV, 100000, 3, True, 1, 1767222000, 60, 6, batch)
+    dt = time.ticks_diff(time.ticks_us(), t)
+    print("KS_ENC", label, dt / (reps * len(batch)))
+"""
+
+
+def encode_time() -> None:
+    """Encode time per reading under the MicroPython VM, against CPython running the same encoder here."""
+    from mpy import vm
+
+    if not vm.available():
+        print("encode: MicroPython VM missing (make test installs it)")
+        return
+    r = vm.run(ENCODE_SCRIPT, heap=vm.ESP32_HEAP).check()
+    rows = [(6, [61 + i % 7, 98 + i % 5, 152, 123 + i // 10, 710, 10082, 412 - i % 9, 438]) for i in range(60)]
+    for line in r.stdout.splitlines():
+        label, us_text = line[len("KS_ENC "):].rsplit(" ", 1)
+        us = float(us_text)
+        batch_rows = rows if label == "batch of 60" else rows[:1]
+        reps = 50 if label == "batch of 60" else 2000
+        t = time.perf_counter()
+        for _ in range(reps):
+            wire.encode_readings(b"\x00\xc0\xff\xee", 100000, 3, True, 1, 1767222000, 60, 6, batch_rows)
+        cpy = (time.perf_counter() - t) * 1e6 / (reps * len(batch_rows))
+        print(f"encode ({label}, 8 channels): {us:6.1f} µs/reading under the MicroPython VM (wasm, node), "
+              f"{cpy:5.1f} µs on CPython, ratio {us / cpy:4.1f}")
+
+
 def fleet(nodes: int, days: float, speedup: float, sample: int) -> None:
     from simulator.fleet import Fleet, FleetConfig
 
@@ -120,6 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         wire_and_flash(Path(d))
     heap()
+    encode_time()
     if not a.skip_fleet:
         fleet(a.nodes, a.days, a.speedup, a.sample)
 
