@@ -312,7 +312,7 @@ def main() -> None:
         args.readings, args.live_seconds = 20_000, 3
     with tempfile.TemporaryDirectory(prefix="kerbside-bench-") as tmp:
         work = Path(tmp)
-        extra = "max_inflight_messages 1000\n" + ("user root\n" if os.geteuid() == 0 else "")
+        extra = "max_inflight_messages 1000\n"
         broker = Mosquitto("mosquitto", work / "mosquitto", free_port(), extra=extra).start()
         influxd = Influxd("influxd", work / "influxd", free_port()).start()
         try:

@@ -24,6 +24,8 @@ from collector.decode import escape_tag
 _NS = 1_000_000_000
 MAX_OPEN_GAPS = 1000
 """Per device. Beyond this the oldest gap stops being tracked; its last record stays in InfluxDB."""
+COMPACT_EVERY = 500
+"""Journal entries between two full rewrites of the sequence state."""
 MAX_JUMP = 1_000_000
 """A sequence jump this large (either way) is a node reset or reflash, not lost data: tracking restarts there."""
 
@@ -75,8 +77,11 @@ def _subtract(holes: list[list[int]], lo: int, hi: int) -> tuple[list[list[int]]
 class SeqTracker:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path else None
+        self.journal = self.path.with_suffix(".journal") if self.path else None
         self.devices: dict[str, DeviceSeq] = {}
-        self.dirty = False
+        self._changed: set[str] = set()
+        self._cuts = 0
+        """Snapshots taken; each journal entry and the full state file carry the cut number they belong to."""
         self.duplicates = 0
         self.gaps_opened = 0
         self.resets = 0
@@ -92,7 +97,7 @@ class SeqTracker:
             if st is not None:
                 self.resets += 1
             self.devices[device] = DeviceSeq(hi_new, t_new, period)
-            self.dirty = True
+            self._changed.add(device)
             return []
         lines: list[str] = []
         old_hi = st.hi
@@ -121,8 +126,12 @@ class SeqTracker:
                 if len(st.gaps) > MAX_OPEN_GAPS:
                     st.gaps.pop(0)
             st.hi, st.hi_t, st.period = hi_new, t_new, period
-        self.dirty = True
+        self._changed.add(device)
         return lines
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._changed)
 
     # Read by the metrics thread while the decoder thread updates: iterate over copies (atomic under the GIL).
     def open_gaps(self) -> int:
@@ -132,32 +141,74 @@ class SeqTracker:
         return sum(g.missing for d in list(self.devices.values()) for g in list(d.gaps))
 
     def _load(self) -> None:
-        assert self.path is not None
+        """The last full state, then the journal entries written after it (a torn last entry was never acked)."""
+        assert self.path is not None and self.journal is not None
         try:
             doc = json.loads(self.path.read_text())
-            for dev, d in doc["devices"].items():
-                self.devices[dev] = DeviceSeq(int(d["hi"]), int(d["hi_t"]), int(d["period"]), [Gap(**g) for g in d["gaps"]])
+            self._cuts = int(doc.get("cut", 0))
+            self._apply(doc["devices"])
         except (ValueError, KeyError, TypeError) as e:
             raise RuntimeError(f"{self.path} is corrupt ({e}); move it aside to start sequence tracking afresh") from e
+        if self.journal.exists():
+            good = 0
+            data = self.journal.read_bytes()
+            for line in data.splitlines(keepends=True):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break  # torn by a crash mid-append: that batch was not acked, the broker redelivers it
+                good += len(line)
+                if entry["cut"] > self._cuts:
+                    self._apply(entry["devices"])
+                    self._cuts = entry["cut"]
+            if good < len(data):
+                os.truncate(self.journal, good)  # later entries must not be glued to the torn one
+
+    def _apply(self, devices: dict[str, dict]) -> None:
+        for dev, d in devices.items():
+            self.devices[dev] = DeviceSeq(int(d["hi"]), int(d["hi_t"]), int(d["period"]), [Gap(**g) for g in d["gaps"]])
+
+    @staticmethod
+    def _dump(d: DeviceSeq) -> dict:
+        return {"hi": d.hi, "hi_t": d.hi_t, "period": d.period,
+                "gaps": [dict(g.__dict__, holes=[list(h) for h in g.holes]) for g in d.gaps]}
 
     def snapshot(self) -> str:
-        """The state as JSON, taken when a batch is cut so that it matches exactly the messages acked with it."""
-        self.dirty = False
-        return json.dumps({"devices": {dev: {"hi": d.hi, "hi_t": d.hi_t, "period": d.period,
-                                              "gaps": [dict(g.__dict__, holes=[list(h) for h in g.holes]) for g in d.gaps]}
-                                        for dev, d in self.devices.items()}}, separators=(",", ":"))
+        """The state to save with the batch being cut, so that it matches exactly the messages acked with it.
+
+        Usually only the devices this batch changed (a journal entry: the cost follows the batch, not the
+        fleet); every COMPACT_EVERY cuts the whole state, which replaces the file and empties the journal.
+        """
+        self._cuts += 1
+        full = self._cuts % COMPACT_EVERY == 0
+        devices = self.devices if full else {dev: self.devices[dev] for dev in self._changed}
+        self._changed.clear()
+        body = {dev: self._dump(d) for dev, d in devices.items()}
+        return json.dumps({"cut": self._cuts, "full": full, "devices": body}, separators=(",", ":"))
 
     def write(self, state: str) -> None:
-        """Atomic and fsynced: called before the messages the state reflects are acked."""
-        if self.path is None:
+        """Fsynced before the messages the state reflects are acked: a journal append, or an atomic full rewrite."""
+        if self.path is None or self.journal is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(state)
+        if '"full":true' in state[:40]:
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                f.write(state)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            # entries up to this cut are in the file now; a crash before the truncate leaves older ones,
+            # which _load skips by their cut number
+            with open(self.journal, "w") as f:
+                os.fsync(f.fileno())
+            return
+        if not self.path.exists():
+            self.write(json.dumps({"cut": 0, "full": True, "devices": {}}, separators=(",", ":")))
+        with open(self.journal, "a") as f:
+            f.write(state + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
     def save(self) -> None:
         if self.dirty:

@@ -111,3 +111,40 @@ def test_spool_warns_loudly_once_near_full(tmp_path: Path, caplog: pytest.LogCap
             s.append(Batch("", [line]))
     assert s.fill > 0.6
     assert [r.getMessage()[:17] for r in caplog.records] == ["SPOOL NEARLY FULL"]
+
+
+def test_seq_state_is_journaled_per_batch_and_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saving costs what a batch changed, not the whole fleet; a torn last entry (crash mid-append) is ignored."""
+    import collector.gaps as gaps
+
+    monkeypatch.setattr(gaps, "COMPACT_EVERY", 4)
+    t = SeqTracker(tmp_path / "s.json")
+    for d in range(1000):
+        t.observe(f"{d:08x}", 0, 1, 1000, 60, {})
+    t.write(t.snapshot())  # cut 1: all 1000 devices changed
+    t.observe("00000001", 5, 1, 1300, 60, {})  # opens gap 1..4
+    delta = t.snapshot()  # cut 2: one device
+    assert len(delta) < 300 and '"00000001"' in delta
+    t.write(delta)
+    t.observe("00000001", 1, 2, 1060, 60, {})  # fills 1..2
+    t.write(t.snapshot())  # cut 3
+    reloaded = SeqTracker(tmp_path / "s.json")
+    assert reloaded.devices == t.devices and len(reloaded.devices) == 1000
+    assert reloaded.devices["00000001"].gaps[0].holes == [[3, 4]]
+
+    with open(tmp_path / "s.journal", "a") as f:
+        f.write('{"cut":4,"full":false,"devices":{"00000001":{"hi":9')  # torn
+    t = SeqTracker(tmp_path / "s.json")
+    assert (tmp_path / "s.journal").read_text().endswith("}\n"), "the torn entry is cut off"
+    t.observe("00000003", 1, 1, 1060, 60, {})
+    t.write(t.snapshot())  # the next cut continues from the reloaded one
+    assert SeqTracker(tmp_path / "s.json").devices == t.devices
+
+    t.observe("00000002", 1, 1, 1060, 60, {})
+    t.write(t.snapshot())  # a later cut: fine either way
+    assert SeqTracker(tmp_path / "s.json").devices == t.devices
+    for _ in range(4):
+        t.observe("00000002", 2, 1, 1120, 60, {})
+        t.write(t.snapshot())
+    assert (tmp_path / "s.journal").read_text().count("\n") < 4, "a full rewrite empties the journal"
+    assert SeqTracker(tmp_path / "s.json").devices == t.devices
