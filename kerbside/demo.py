@@ -282,7 +282,10 @@ def _headlines(con, demo: Demo, plan: DemoPlan, summary: dict) -> None:  # type:
     for pol, r in summary.get("did", {}).items():
         t.add_row(f"LEZ effect on {pol} (difference-in-differences, µg/m³)", f"{r['estimate']:+.1f}",
                   f"{r['ci_low']:+.1f} … {r['ci_high']:+.1f}", f"{r['days_before']}/{r['days_after']}")
-    con.print(t)
+    if summary.get("did"):
+        con.print(t)
+    else:
+        con.print("  no difference-in-differences estimate: too few days or sites on a side (see the report)")
     for key, v in summary.get("traffic", {}).items():
         con.print(f"  traffic {key}: {v}")
     gaps = summary.get("gaps", {})
