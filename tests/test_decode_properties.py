@@ -78,7 +78,7 @@ _cbor_any = st.recursive(_cbor_leaf, lambda inner: st.one_of(st.lists(inner, max
                          max_leaves=40)
 
 
-@settings(max_examples=1500)
+@settings(max_examples=500)
 @given(st.lists(_cbor_any, min_size=0, max_size=12), st.sampled_from(["readings", "status", "ack"]))
 def test_wellformed_cbor_of_any_shape_only_ever_rejects_or_decodes(items: list, kind: str) -> None:
     """Structure-aware fuzz: valid headers with arbitrary tails, or arbitrary arrays/maps."""
