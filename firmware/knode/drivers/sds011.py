@@ -3,46 +3,24 @@
 # Data frame (10 bytes): 0xAA 0xC0, PM2.5 low/high, PM10 low/high (in 0.1
 # ug/m3 - already the wire scale), device id (2), checksum = low byte of the
 # sum of bytes 2..7, 0xAB. No PM1 channel on this sensor.
+from knode.drivers.uart_frames import FrameParser
+
 FRAME = 10
 
 
-class Parser:
-    def __init__(self):
-        self.buf = bytearray()
-        self.frames = 0
-        self.bad_checksum = 0
-        self.resync = 0
+class Parser(FrameParser):
+    START = b"\xaa\xc0"
+    FRAME = FRAME
 
-    def feed(self, data):
-        """Add UART bytes; returns the newest good reading (None, pm25, pm10) in 0.1 ug/m3, or None."""
-        self.buf.extend(data)
-        buf = self.buf
-        out = None
-        while True:
-            i = buf.find(b"\xaa\xc0")
-            if i < 0:
-                keep = 1 if buf and buf[-1] == 0xAA else 0
-                self.resync += len(buf) - keep
-                self.buf = buf[len(buf) - keep:]
-                return out
-            if i:
-                self.resync += i
-                buf = buf[i:]
-            if len(buf) < FRAME:
-                self.buf = buf
-                return out
-            if buf[9] != 0xAB:
-                self.resync += 2
-                buf = buf[2:]
-                continue
-            if sum(buf[2:8]) & 0xFF != buf[8]:
-                self.bad_checksum += 1
-                buf = buf[2:]
-                continue
-            out = (None, buf[2] | buf[3] << 8, buf[4] | buf[5] << 8)
-            self.frames += 1
-            buf = buf[FRAME:]
-            self.buf = buf
+    def shape_ok(self, f):
+        return f[9] == 0xAB
+
+    def checksum_ok(self, f):
+        return sum(f[2:8]) & 0xFF == f[8]
+
+    def decode(self, f):
+        """(None, pm25, pm10) in 0.1 ug/m3."""
+        return (None, f[2] | f[3] << 8, f[4] | f[5] << 8)
 
 
 def frame(pm25_d, pm10_d, dev=0x1234):
