@@ -159,7 +159,7 @@ def main() -> None:
             q, last, since = 0, -1, time.monotonic()
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and q < pub.sent and time.monotonic() - since < 20:
-                q = urllib_query(influxd.url, "bench", 'SELECT count("seq") FROM "air"')
+                q = count_readings(influxd.url, "bench")
                 if q != last:
                     last, since = q, time.monotonic()
                 time.sleep(1)
@@ -174,13 +174,11 @@ def main() -> None:
             influxd.stop()
 
 
-def urllib_query(url: str, db: str, q: str) -> int:
-    import json
-    import urllib.parse
-    import urllib.request
+def count_readings(url: str, db: str) -> int:
+    from analysis.influx import Influx
 
-    with urllib.request.urlopen(f"{url}/query?" + urllib.parse.urlencode({"db": db, "q": q}), timeout=30) as r:
-        series = json.loads(r.read())["results"][0].get("series", [])
+    with Influx(url, db, timeout=30) as influx:
+        series = influx.query('SELECT count("seq") FROM "air"')
     return int(series[0]["values"][0][1]) if series else 0
 
 

@@ -99,18 +99,15 @@ class Demo:
 
     def readings_in_influx(self) -> int:
         """Distinct readings stored: one air point, or one inbound traffic_flow point, per reading."""
-        import json
-        import urllib.parse
-        import urllib.request
+        from analysis.influx import Influx
 
         total = 0
-        for q in ('SELECT count("seq") FROM "air"', 'SELECT count("seq") FROM "traffic_flow" WHERE "direction" = \'in\'',
-                  'SELECT count("seq") FROM "unsynced"."air_unsynced"',
-                  'SELECT count("seq") FROM "unsynced"."traffic_flow_unsynced" WHERE "direction" = \'in\''):
-            url = f"{self.influxd.url}/query?" + urllib.parse.urlencode({"db": DB, "q": q})
-            with urllib.request.urlopen(url, timeout=30) as r:
-                series = json.loads(r.read())["results"][0].get("series", [])
-            total += int(series[0]["values"][0][1]) if series else 0
+        with Influx(self.influxd.url, DB, timeout=30) as influx:
+            for q in ('SELECT count("seq") FROM "air"', 'SELECT count("seq") FROM "traffic_flow" WHERE "direction" = \'in\'',
+                      'SELECT count("seq") FROM "unsynced"."air_unsynced"',
+                      'SELECT count("seq") FROM "unsynced"."traffic_flow_unsynced" WHERE "direction" = \'in\''):
+                series = influx.query(q)
+                total += int(series[0]["values"][0][1]) if series else 0
         return total
 
     def stop(self) -> None:

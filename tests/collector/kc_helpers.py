@@ -179,14 +179,10 @@ def expected_summary(seqs: dict[str, list[int]]) -> dict[str, tuple[int, int, in
 
 
 def scrape(port: int) -> dict[str, float]:
-    """Prometheus text from /metrics as {'name{labels}': value}."""
+    """Prometheus text from /metrics as {'name{labels}': value}; raises while the endpoint is down."""
     import urllib.request
 
+    from kerbside.metrics_scrape import parse
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+        return parse(r.read().decode())
