@@ -35,13 +35,13 @@ def register(app: typer.Typer) -> None:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Known analyst mistakes become one-line errors with exit code 2, not tracebacks."""
-    from analysis.did import DidError
-    from analysis.influx import InfluxError
-    from analysis.ngsi_ld import ExportError
-    from analysis.query import NoDataError
-    from analysis.report import ReportError
-    from analysis.timerange import RangeError
-    from kerbside.registry import RegistryError
+    from kerbside.analysis.did import DidError
+    from kerbside.analysis.influx import InfluxError
+    from kerbside.analysis.ngsi_ld import ExportError
+    from kerbside.analysis.query import NoDataError
+    from kerbside.analysis.report import ReportError
+    from kerbside.analysis.timerange import RangeError
+    from kerbside.core.registry import RegistryError
 
     try:
         yield
@@ -51,8 +51,8 @@ def _errors() -> Iterator[None]:
 
 
 def _range(first: str | None, last: str | None, tz: str, client):  # type: ignore[no-untyped-def]
-    from analysis import query
-    from analysis.timerange import LocalRange, parse_day
+    from kerbside.analysis import query
+    from kerbside.analysis.timerange import LocalRange, parse_day
 
     if first and last:
         return LocalRange(parse_day(first), parse_day(last), tz)
@@ -80,8 +80,8 @@ def init_cmd(
 
     Example:  kerbside db init --db kerbside --raw-duration 400d --resample-for 12h
     """
-    from analysis.influx import Influx
-    from analysis.schema import Layout, init_db, init_statements
+    from kerbside.analysis.influx import Influx
+    from kerbside.analysis.schema import Layout, init_db, init_statements
 
     layout = Layout(db, raw_duration, agg_duration, resample_every, resample_for)
     if dry_run:
@@ -111,9 +111,9 @@ def backfill_cmd(
     """
     from rich.progress import Progress
 
-    from analysis.influx import Influx
-    from analysis.schema import backfill
-    from analysis.timerange import LocalRange, parse_day
+    from kerbside.analysis.influx import Influx
+    from kerbside.analysis.schema import backfill
+    from kerbside.analysis.timerange import LocalRange, parse_day
 
     with _errors(), Influx(influx, db) as client, Progress(transient=True) as bar:
         rng = LocalRange(parse_day(first), parse_day(last), tz)
@@ -154,9 +154,9 @@ def lez_cmd(
 
       kerbside report lez --zone lez --before 2026-04-01 --after 2026-04-01 --from 2026-03-01 --to 2026-04-30
     """
-    from analysis.influx import Influx
-    from analysis.report import ReportSpec, build
-    from analysis.timerange import parse_day
+    from kerbside.analysis.influx import Influx
+    from kerbside.analysis.report import ReportSpec, build
+    from kerbside.analysis.timerange import parse_day
 
     with _errors(), Influx(influx, db) as client:
         rng = _range(first, last, tz, client)
@@ -192,9 +192,9 @@ def ngsi_ld_cmd(
 
     Example:  kerbside export ngsi-ld --from 2026-04-01 --to 2026-04-07 --broker http://127.0.0.1:1026
     """
-    from analysis import ngsi_ld
-    from analysis.influx import Influx
-    from kerbside.registry import Registry
+    from kerbside.analysis import ngsi_ld
+    from kerbside.analysis.influx import Influx
+    from kerbside.core.registry import Registry
 
     with _errors(), Influx(influx, db) as client:
         devices = Registry(registry).load()
@@ -202,7 +202,7 @@ def ngsi_ld_cmd(
             raise ngsi_ld.ExportError(f"registry {registry} is missing or empty; pass --registry with the file "
                                       "provisioning writes")
         if first is None and last is None:
-            from analysis import query
+            from kerbside.analysis import query
 
             end = query.span(client, tz)
             first = last = str(end.last)

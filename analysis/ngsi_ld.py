@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from analysis import query
-from analysis.influx import Influx, quote_ident
-from analysis.ngsi_ld_schema import errors
-from analysis.schema import AGG_RP
-from analysis.timerange import LocalRange
-from kerbside.registry import Device
+from kerbside.analysis import query
+from kerbside.analysis.influx import Influx, quote_ident
+from kerbside.analysis.ngsi_ld_schema import errors
+from kerbside.analysis.schema import AGG_RP
+from kerbside.analysis.timerange import LocalRange
+from kerbside.core.registry import Device
 
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
 CONTEXTS = {

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.influx import Influx, quote_ident, quote_str
-from analysis.limits import POLLUTANTS, capture_rules, limits
-from analysis.schema import AGG_RP, RAW_RP
-from analysis.timerange import LocalRange
+from kerbside.analysis.influx import Influx, quote_ident, quote_str
+from kerbside.analysis.limits import POLLUTANTS, capture_rules, limits
+from kerbside.analysis.schema import AGG_RP, RAW_RP
+from kerbside.analysis.timerange import LocalRange
 
 EPS = 1e-9
 TAGS = ("device", "site", "zone", "kit")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import query
-from analysis.did import DidError, DidResult, check_periods, did
-from analysis.influx import Influx
-from analysis.limits import POLLUTANTS, capture_rules, limit
-from analysis.timerange import LocalRange
+from kerbside.analysis import query
+from kerbside.analysis.did import DidError, DidResult, check_periods, did
+from kerbside.analysis.influx import Influx
+from kerbside.analysis.limits import POLLUTANTS, capture_rules, limit
+from kerbside.analysis.timerange import LocalRange
 
 LABEL = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2"}
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from analysis.influx import Influx, quote_ident
+from kerbside.analysis.influx import Influx, quote_ident
 
 RAW_RP = "raw"
 AGG_RP = "agg"

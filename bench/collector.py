@@ -36,8 +36,8 @@ import paho.mqtt.client as mqtt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collector.decode import decode  # noqa: E402
-from kerbside.services import Influxd, Mosquitto, free_port  # noqa: E402
+from kerbside.collector.decode import decode  # noqa: E402
+from kerbside.devstack import Influxd, Mosquitto, free_port  # noqa: E402
 from knode import wire  # noqa: E402
 
 PERIOD = 60

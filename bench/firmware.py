@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from kerbside.services import Mosquitto, free_port  # noqa: E402
+from kerbside.devstack import Mosquitto, free_port  # noqa: E402
+from kerbside.simulator.city import Site  # noqa: E402
 from knode import batch, ringbuf, wire  # noqa: E402
-from simulator.city import Site  # noqa: E402
 
 
 def _air_values(site: Site, t: float, rng: random.Random) -> list[int | None]:
@@ -120,7 +120,7 @@ def encode_time() -> None:
 
 
 def fleet(nodes: int, days: float, speedup: float, sample: int) -> None:
-    from simulator.fleet import Fleet, FleetConfig
+    from kerbside.simulator.fleet import Fleet, FleetConfig
 
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # virtual flash in RAM, as on a node
     with tempfile.TemporaryDirectory(dir=shm) as d:

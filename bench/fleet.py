@@ -29,8 +29,8 @@ import paho.mqtt.client as mqtt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kerbside.devstack import Influxd, Mosquitto, free_port  # noqa: E402
 from kerbside.metrics_scrape import scrape  # noqa: E402
-from kerbside.services import Influxd, Mosquitto, free_port  # noqa: E402
 from knode import wire  # noqa: E402
 
 PERIOD = 60
@@ -175,7 +175,7 @@ def main() -> None:
 
 
 def count_readings(url: str, db: str) -> int:
-    from analysis.influx import Influx
+    from kerbside.analysis.influx import Influx
 
     with Influx(url, db, timeout=30) as influx:
         series = influx.query('SELECT count("seq") FROM "air"')

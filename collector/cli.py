@@ -25,7 +25,7 @@ def decode_cmd(
 
       xxd -r -p capture.hex | kerbside decode -t kerbside/v1/00c0ffee/status
     """
-    from collector.decode import Rejected, decode
+    from kerbside.collector.decode import Rejected, decode
 
     raw = sys.stdin.buffer.read()
     if hex_input:
@@ -50,7 +50,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help=_CONFIG_H
 
 
 def _load_config(config: Path | None, overrides: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
-    from collector.config import ConfigError, load
+    from kerbside.collector.config import ConfigError, load
 
     try:
         return load(config, overrides=overrides)
@@ -87,9 +87,9 @@ def collect_cmd(
     import signal
     import threading
 
-    from collector import logs
-    from collector.influx import InfluxAuthError
-    from collector.service import Collector
+    from kerbside.collector import logs
+    from kerbside.collector.influx import InfluxAuthError
+    from kerbside.collector.service import Collector
 
     cfg = _load_config(config, {"mqtt.url": mqtt, "influx.url": influx, "influx.db": db, "spool.dir": spool,
                                 "registry.path": registry, "log.json": log_json})
@@ -130,7 +130,7 @@ dlq_app = typer.Typer(help="Dead-letter store: messages and lines the collector 
 
 
 def _dlq(config: Path | None):  # type: ignore[no-untyped-def]
-    from collector.dlq import DeadLetters
+    from kerbside.collector.dlq import DeadLetters
 
     cfg = _load_config(config)
     return cfg, DeadLetters(cfg.dlq_dir)
@@ -175,7 +175,7 @@ def dlq_show(
     """Show one dead letter: reason, detail, payload as hex, and what the decoder says about it today."""
     import datetime
 
-    from collector.decode import Rejected, decode
+    from kerbside.collector.decode import Rejected, decode
 
     _, store = _dlq(config)
     try:
@@ -217,7 +217,7 @@ def dlq_replay(
     import paho.mqtt.client as mqtt
     from rich.progress import track
 
-    from collector.influx import InfluxDown, InfluxWriter
+    from kerbside.collector.influx import InfluxDown, InfluxWriter
 
     cfg, store = _dlq(config)
     entries = [e for e in store.entries() if (reason is None or e.reason == reason)
@@ -300,7 +300,7 @@ def gaps_scan(
     """
     import httpx
 
-    from collector.gapscan import scan
+    from kerbside.collector.gapscan import scan
 
     cfg = _load_config(config, {"influx.url": influx, "influx.db": db})
     units = {"m": 60, "h": 3600, "d": 86400}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import cbor2
 
-from collector import contract as c
+from kerbside.collector import contract as c
 
 _NS = 1_000_000_000
 

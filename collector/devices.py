@@ -12,8 +12,8 @@ import logging
 import os
 import time
 
-from collector.decode import Rejected
-from kerbside.registry import Device, Registry, RegistryError
+from kerbside.collector.decode import Rejected
+from kerbside.core.registry import Device, Registry, RegistryError
 
 log = logging.getLogger("kerbside.collector.devices")
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector.decode import escape_tag
+from kerbside.collector.decode import escape_tag
 
 _NS = 1_000_000_000
 MAX_OPEN_GAPS = 1000

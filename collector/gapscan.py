@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from collector.decode import escape_tag
+from kerbside.collector.decode import escape_tag
 
 Query = Callable[[str], list[dict]]
 

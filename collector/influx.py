@@ -15,7 +15,7 @@ import logging
 
 import httpx
 
-from collector.config import InfluxConfig
+from kerbside.collector.config import InfluxConfig
 
 log = logging.getLogger("kerbside.collector.influx")
 

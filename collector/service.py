@@ -29,15 +29,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector import contract
-from collector.config import Config
-from collector.decode import Rejected, decode
-from collector.devices import DeviceTags
-from collector.dlq import LINE_TOPIC, DeadLetters
-from collector.gaps import SeqTracker
-from collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
-from collector.metrics import Metrics, serve
-from collector.spool import Batch, Spool, SpoolFull
+from kerbside.collector import contract
+from kerbside.collector.config import Config
+from kerbside.collector.decode import Rejected, decode
+from kerbside.collector.devices import DeviceTags
+from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
+from kerbside.collector.gaps import SeqTracker
+from kerbside.collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
+from kerbside.collector.metrics import Metrics, serve
+from kerbside.collector.spool import Batch, Spool, SpoolFull
 
 log = logging.getLogger("kerbside.collector")
 

@@ -14,10 +14,10 @@ from kerbside import __version__
 
 # Each module has register(app: typer.Typer). Add a line here for a new area.
 _COMMAND_MODULES = (
-    "collector.cli",
-    "provisioning.cli",
-    "analysis.cli",
-    "simulator.cli",
+    "kerbside.collector.cli",
+    "kerbside.provisioning.cli",
+    "kerbside.analysis.cli",
+    "kerbside.simulator.cli",
     "kerbside.demo",
 )
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from kerbside.devstack import LOOPBACK, Influxd, Mosquitto, free_port
 from kerbside.metrics_scrape import scrape
-from kerbside.services import LOOPBACK, Influxd, Mosquitto, free_port
 
 DB = "kerbside"
 
@@ -99,7 +99,7 @@ class Demo:
 
     def readings_in_influx(self) -> int:
         """Distinct readings stored: one air point, or one inbound traffic_flow point, per reading."""
-        from analysis.influx import Influx
+        from kerbside.analysis.influx import Influx
 
         total = 0
         with Influx(self.influxd.url, DB, timeout=30) as influx:
@@ -135,7 +135,7 @@ class Demo:
 
 
 def _fleet(demo: Demo):  # type: ignore[no-untyped-def]
-    from simulator.fleet import FaultPlan, Fleet, FleetConfig
+    from kerbside.simulator.fleet import FaultPlan, Fleet, FleetConfig
 
     p = demo.plan
     faults = FaultPlan(wifi_drop_nodes=2, wifi_drop_s=12 * 3600, reboot_nodes=2, never_sync_nodes=1, broken_sensor_nodes=1)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioning.node_config import ConfigError, NodeSpec
-from provisioning.provision import Outcome
+from kerbside.provisioning.node_config import ConfigError, NodeSpec
+from kerbside.provisioning.provision import Outcome
 
 COLUMNS = ("port", "kit", "site", "zone", "lat", "lon")
 REQUIRED = ("kit", "site")

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerbside.registry import Device
-from provisioning.passwd import passwd_line
+from kerbside.core.registry import Device
+from kerbside.provisioning.passwd import passwd_line
 
 COLLECTOR_USER = "collector"
 TLS_PORT = 8883

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from cryptography import x509
 
-from kerbside.registry import Device
-from provisioning import broker, pki
-from provisioning.files import write_private, write_public
-from provisioning.identity import new_secret
-from provisioning.passwd import hash_password
+from kerbside.core.registry import Device
+from kerbside.provisioning import broker, pki
+from kerbside.provisioning.files import write_private, write_public
+from kerbside.provisioning.identity import new_secret
+from kerbside.provisioning.passwd import hash_password
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,15 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _registry(path: Path | None):  # type: ignore[no-untyped-def]
-    from kerbside.registry import Registry
-    from provisioning.fleet import registry_path
+    from kerbside.core.registry import Registry
+    from kerbside.provisioning.fleet import registry_path
 
     return Registry(registry_path(path))
 
 
 def _refresh_broker(broker_dir: Path | None, registry) -> None:  # type: ignore[no-untyped-def]
-    from provisioning.broker import RELOAD_HINT
-    from provisioning.broker_dir import BrokerDir, render_auth
+    from kerbside.provisioning.broker import RELOAD_HINT
+    from kerbside.provisioning.broker_dir import BrokerDir, render_auth
 
     if broker_dir is None:
         console.print("Next: re-render the broker's password file with [bold]kerbside broker-config[/] (or pass "
@@ -73,8 +73,8 @@ def flash_cmd(
 
     Next step: kerbside provision --kit air --site "..."
     """
-    from provisioning.flash import FlashError, flash
-    from provisioning.ports import PortError, choose
+    from kerbside.provisioning.flash import FlashError, flash
+    from kerbside.provisioning.ports import PortError, choose
 
     if firmware is None:
         raise fail(f"which firmware? pass --firmware ESP32_GENERIC-v1.27.0.bin (or set ${ENV_IMAGE}); download it from "
@@ -105,7 +105,7 @@ def _selftest_table(out) -> Table:  # type: ignore[no-untyped-def]
 
 def _load_profile(profile: Path | None, broker_host: str | None, broker_port: int | None, ca: Path | None,
                   wifi_ssid: str | None):  # type: ignore[no-untyped-def]
-    from provisioning.node_config import ENV_WIFI_PSK, load_profile
+    from kerbside.provisioning.node_config import ENV_WIFI_PSK, load_profile
 
     p = load_profile(profile)
     if broker_host:
@@ -158,11 +158,11 @@ def provision_cmd(
 
       kerbside provision --kit air --site "Ringstrasse 12" --zone lez-inner --lat 48.2 --lon 16.37
     """
-    from provisioning import batch as batchmod
-    from provisioning.bundle import FIRMWARE, BundleError, build
-    from provisioning.node_config import ConfigError, NodeSpec
-    from provisioning.ports import PortError, choose
-    from provisioning.provision import provision
+    from kerbside.provisioning import batch as batchmod
+    from kerbside.provisioning.bundle import FIRMWARE, BundleError, build
+    from kerbside.provisioning.node_config import ConfigError, NodeSpec
+    from kerbside.provisioning.ports import PortError, choose
+    from kerbside.provisioning.provision import provision
 
     reg = _registry(registry)
     try:
@@ -183,7 +183,7 @@ def provision_cmd(
 
     def registered() -> None:
         if broker_dir is not None:
-            from provisioning.broker_dir import BrokerDir, render_auth
+            from kerbside.provisioning.broker_dir import BrokerDir, render_auth
 
             render_auth(BrokerDir(broker_dir), reg.load())
 
@@ -227,7 +227,7 @@ def _report_one(out, selftest: bool) -> None:  # type: ignore[no-untyped-def]
 def _run_batch(rows, one, parallel: bool):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from provisioning import batch as batchmod
+    from kerbside.provisioning import batch as batchmod
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -269,7 +269,7 @@ def registry_list(
     all_: Annotated[bool, typer.Option("--all", help="Include decommissioned nodes.")] = False,
 ) -> None:
     """List the nodes in the registry (active ones unless --all)."""
-    from kerbside.registry import RegistryError
+    from kerbside.core.registry import RegistryError
 
     try:
         devices = _registry(registry).load()
@@ -313,8 +313,8 @@ def registry_decommission(
     The id is never reused. To replace a node at the same site, provision the new
     one with the same --site, then decommission the old id.
     """
-    from provisioning.fleet import FleetError, decommission
-    from provisioning.identity import IdentityError
+    from kerbside.provisioning.fleet import FleetError, decommission
+    from kerbside.provisioning.identity import IdentityError
 
     if not yes:
         typer.confirm(f"Decommission {device_id}? It cannot be re-activated", abort=True)
@@ -338,8 +338,8 @@ def registry_rotate(
     The new secret is not shown; re-provision the node (same command as before,
     it keeps its id) to give it the new one. Until then the broker refuses it.
     """
-    from provisioning.fleet import FleetError, rotate
-    from provisioning.identity import IdentityError
+    from kerbside.provisioning.fleet import FleetError, rotate
+    from kerbside.provisioning.identity import IdentityError
 
     reg = _registry(registry)
     try:
@@ -380,10 +380,10 @@ def broker_config_cmd(
 
       kerbside broker-config --host mqtt.city.example --out /etc/mosquitto/kerbside
     """
-    from kerbside.registry import RegistryError
-    from provisioning import broker
-    from provisioning.broker_dir import BrokerDir, write_all
-    from provisioning.pki import PkiError
+    from kerbside.core.registry import RegistryError
+    from kerbside.provisioning import broker
+    from kerbside.provisioning.broker_dir import BrokerDir, write_all
+    from kerbside.provisioning.pki import PkiError
 
     if not host:
         raise fail("pass --host with the name nodes use to reach the broker (e.g. --host mqtt.city.example); "

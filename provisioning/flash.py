@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from provisioning.ports import explain_open_error
+from kerbside.provisioning.ports import explain_open_error
 
 ROM_BAUD = 115200
 BAUDS = (921600, 460800, 230400, 115200)

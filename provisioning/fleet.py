@@ -12,9 +12,9 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from kerbside.registry import ACTIVE, DECOMMISSIONED, Device, Registry
-from provisioning.identity import check_device_id, new_secret
-from provisioning.passwd import hash_password
+from kerbside.core.registry import ACTIVE, DECOMMISSIONED, Device, Registry
+from kerbside.provisioning.identity import check_device_id, new_secret
+from kerbside.provisioning.passwd import hash_password
 
 ENV_REGISTRY = "KERBSIDE_REGISTRY"
 DEFAULT_REGISTRY = Path("kerbside-registry.json")

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kerbside.registry import ACTIVE, Device, Registry
-from provisioning import node_config, selftest
-from provisioning.bundle import LIB, DeviceFile
-from provisioning.fleet import now_iso
-from provisioning.identity import new_device_id, new_secret
-from provisioning.passwd import PasswdError, hash_password, verify_password
-from provisioning.rawrepl import DeviceException, RawRepl
+from kerbside.core.registry import ACTIVE, Device, Registry
+from kerbside.provisioning import node_config, selftest
+from kerbside.provisioning.bundle import LIB, DeviceFile
+from kerbside.provisioning.fleet import now_iso
+from kerbside.provisioning.identity import new_device_id, new_secret
+from kerbside.provisioning.passwd import PasswdError, hash_password, verify_password
+from kerbside.provisioning.rawrepl import DeviceException, RawRepl
 
 SELFTEST_TIMEOUT = 120.0
 """Joining Wi-Fi, NTP and the broker over TLS can take a minute on a weak signal."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import serial
 
-from provisioning.ports import explain_open_error
+from kerbside.provisioning.ports import explain_open_error
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 SLICE = 256

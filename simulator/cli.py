@@ -69,7 +69,7 @@ def simulate_cmd(
     from rich.live import Live
     from rich.table import Table
 
-    from simulator.fleet import FaultPlan, Fleet, FleetConfig, parse_broker
+    from kerbside.simulator.fleet import FaultPlan, Fleet, FleetConfig, parse_broker
 
     try:
         parse_broker(broker)

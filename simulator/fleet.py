@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerbside.simulator.city import CITY_BBOX, Site, inside
+from kerbside.simulator.clock import VirtualClock
+from kerbside.simulator.hardware import Faults, Reboot, SimBoard
+from kerbside.simulator.proxy import Relay
 from knode import node as knode_node
-from simulator.city import CITY_BBOX, Site, inside
-from simulator.clock import VirtualClock
-from simulator.hardware import Faults, Reboot, SimBoard
-from simulator.proxy import Relay
 
 Window = tuple[float, float]
 """(start offset, length) in simulated seconds from the fleet's start."""
@@ -175,7 +175,7 @@ class Fleet:
                 "credential": 1, "cfg": 1, "cal": {}, "pins": {}, "buffer_kb": c.buffer_kb}
 
     def write_registry(self, path: Path) -> None:
-        from kerbside.registry import Device, Registry
+        from kerbside.core.registry import Device, Registry
 
         with Registry(path).edit() as devices:
             for vn in self.nodes:

@@ -14,10 +14,10 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerbside.simulator.city import Site
+from kerbside.simulator.clock import VirtualClock
 from knode.drivers import detector, no2, pms, sensirion
 from knode.hal import EPOCH_2000
-from simulator.city import Site
-from simulator.clock import VirtualClock
 
 
 class Reboot(Exception):

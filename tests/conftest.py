@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kerbside.services import Influxd, Mosquitto, free_port
+from kerbside.devstack import Influxd, Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from collector.decode import decode
 from influx_helpers import as_point
+from kerbside.collector.decode import decode
 
 pytestmark = pytest.mark.services
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from collector.decode import Rejected, decode
+from kerbside.collector.decode import Rejected, decode
 
 NOW = 1767225600  # 2026-01-01T00:00:00Z: every vector is judged at this collector time
 T0 = NOW - 3600

@@ -13,10 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import an_sim
 
-from analysis.influx import Influx
-from analysis.schema import Layout, backfill, init_db
-from analysis.timerange import LocalRange
-from kerbside.registry import Device, Registry
+from kerbside.analysis.influx import Influx
+from kerbside.analysis.schema import Layout, backfill, init_db
+from kerbside.analysis.timerange import LocalRange
+from kerbside.core.registry import Device, Registry
 
 
 @dataclass

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import query
-from analysis.did import DidError, did
-from analysis.timerange import LocalRange
+from kerbside.analysis import query
+from kerbside.analysis.did import DidError, did
+from kerbside.analysis.timerange import LocalRange
 
 P = ("pm25", "pm10", "no2")
 

@@ -10,7 +10,7 @@ import typer
 from an_broker import Broker
 from typer.testing import CliRunner
 
-from analysis.cli import register
+from kerbside.analysis.cli import register
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import an_sim
 import pytest
 
-from analysis import query
+from kerbside.analysis import query
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analysts.md"
 

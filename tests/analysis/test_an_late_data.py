@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from analysis.influx import Influx
-from analysis.schema import Layout, backfill, init_db
+from kerbside.analysis.influx import Influx
+from kerbside.analysis.schema import Layout, backfill, init_db
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:

@@ -10,10 +10,10 @@ import an_sim
 import pytest
 from an_broker import Broker
 
-from analysis import ngsi_ld
-from analysis.ngsi_ld_schema import errors, key_values
-from analysis.timerange import LocalRange
-from kerbside.registry import Device, Registry
+from kerbside.analysis import ngsi_ld
+from kerbside.analysis.ngsi_ld_schema import errors, key_values
+from kerbside.analysis.timerange import LocalRange
+from kerbside.core.registry import Device, Registry
 
 DAY = date(2026, 4, 1)
 

@@ -12,8 +12,8 @@ import an_sim
 import numpy as np
 import pytest
 
-from analysis.report import ReportError, ReportSpec, build
-from analysis.timerange import LocalRange
+from kerbside.analysis.report import ReportError, ReportSpec, build
+from kerbside.analysis.timerange import LocalRange
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -91,7 +91,7 @@ def test_bad_input(loaded, tmp_path: Path, zone: str, before: date, after: date,
 
 
 def test_no_data_range(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from analysis.query import NoDataError
+    from kerbside.analysis.query import NoDataError
 
     rng = LocalRange(date(2025, 6, 1), date(2025, 6, 30), an_sim.TZ)
     with pytest.raises(NoDataError, match="no hourly air aggregates"):

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import query
-from analysis.influx import Influx
-from analysis.schema import Layout, backfill, init_db
-from analysis.timerange import LocalRange
+from kerbside.analysis import query
+from kerbside.analysis.influx import Influx
+from kerbside.analysis.schema import Layout, backfill, init_db
+from kerbside.analysis.timerange import LocalRange
 
 TZ = "Europe/Brussels"
 YEAR = LocalRange(date(2026, 1, 1), date(2026, 12, 31), TZ)

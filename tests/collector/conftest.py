@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kerbside.services import Mosquitto, free_port
+from kerbside.devstack import Mosquitto, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from collector.config import Config
-from collector.service import Collector
-from kerbside.services import Mosquitto, free_port
+from kerbside.collector.config import Config
+from kerbside.collector.service import Collector
+from kerbside.devstack import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable

@@ -19,7 +19,7 @@ from kc_helpers import (  # type: ignore[import-not-found]
     wait_for,
 )
 
-from collector.dlq import DeadLetters
+from kerbside.collector.dlq import DeadLetters
 
 pytestmark = pytest.mark.services
 

@@ -9,9 +9,9 @@ import pytest
 from kc_helpers import InProcess, collector_env, make_config, mosquitto_pub, wait_for  # type: ignore[import-not-found]
 from typer.testing import CliRunner
 
-from collector.dlq import LINE_TOPIC, DeadLetters
 from kerbside.cli import app
-from kerbside.registry import Device, Registry
+from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
+from kerbside.core.registry import Device, Registry
 from knode import wire
 
 pytestmark = pytest.mark.services

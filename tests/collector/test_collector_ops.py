@@ -21,7 +21,7 @@ from kc_helpers import (  # type: ignore[import-not-found]
     wait_for,
 )
 
-from collector.logs import JsonFormatter
+from kerbside.collector.logs import JsonFormatter
 from knode import wire
 
 pytestmark = pytest.mark.services

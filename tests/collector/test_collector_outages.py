@@ -18,7 +18,7 @@ from kc_helpers import (  # type: ignore[import-not-found]
 )
 
 from influx_helpers import InfluxHTTP  # type: ignore[import-not-found]
-from kerbside.services import Influxd, free_port
+from kerbside.devstack import Influxd, free_port
 
 pytestmark = pytest.mark.services
 

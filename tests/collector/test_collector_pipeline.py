@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from kc_helpers import make_config  # type: ignore[import-not-found]
 
-from collector.dlq import DeadLetters
-from collector.service import Collector, Incoming
-from kerbside.registry import Device, Registry
+from kerbside.collector.dlq import DeadLetters
+from kerbside.collector.service import Collector, Incoming
+from kerbside.core.registry import Device, Registry
 from knode import wire
 
 pytestmark = pytest.mark.services

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from collector.config import ConfigError, load
-from collector.gaps import SeqTracker
-from collector.spool import Batch, Spool, SpoolFull
 from kerbside.cli import app
+from kerbside.collector.config import ConfigError, load
+from kerbside.collector.gaps import SeqTracker
+from kerbside.collector.spool import Batch, Spool, SpoolFull
 
 
 def test_config_file_env_and_flags_layer(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_spool_warns_loudly_once_near_full(tmp_path: Path, caplog: pytest.LogCap
 
 def test_seq_state_is_journaled_per_batch_and_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Saving costs what a batch changed, not the whole fleet; a torn last entry (crash mid-append) is ignored."""
-    import collector.gaps as gaps
+    import kerbside.collector.gaps as gaps
 
     monkeypatch.setattr(gaps, "COMPACT_EVERY", 4)
     t = SeqTracker(tmp_path / "s.json")

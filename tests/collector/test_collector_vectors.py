@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from kc_helpers import InProcess, make_config, mosquitto_pub, wait_for  # type: ignore[import-not-found]
 
-from collector.dlq import DeadLetters
 from influx_helpers import as_point  # type: ignore[import-not-found]
+from kerbside.collector.dlq import DeadLetters
 
 pytestmark = pytest.mark.services
 

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import pytest
 
-from collector.config import InfluxConfig
-from collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
+from kerbside.collector.config import InfluxConfig
+from kerbside.collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
 
 
 @pytest.mark.services

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from simulator.city import Site
-from simulator.clock import VirtualClock
-from simulator.hardware import Faults, SimBoard
+from kerbside.simulator.city import Site
+from kerbside.simulator.clock import VirtualClock
+from kerbside.simulator.hardware import Faults, SimBoard
 
 SITE = Site(48.207, 16.37, True, busy=1.2)
 

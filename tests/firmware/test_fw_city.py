@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from simulator.city import LEZ_POLYGON, Site, inside, traffic_shape
+from kerbside.simulator.city import LEZ_POLYGON, Site, inside, traffic_shape
 
 MONDAY = dt.datetime(2026, 3, 2, tzinfo=dt.UTC).timestamp()
 HOUR = 3600

@@ -146,7 +146,7 @@ def test_status_command_and_ota_with_sha256_check(mosquitto, make_board) -> None
 
 @pytest.mark.services
 def test_reboot_command_acks_says_offline_and_resets(mosquitto, make_board) -> None:
-    from simulator.hardware import Reboot
+    from kerbside.simulator.hardware import Reboot
 
     board = make_board(node_config(device=DEV, port=mosquitto.port), speedup=50)
     link = Link(mosquitto.port)

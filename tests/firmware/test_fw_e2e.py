@@ -10,8 +10,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from collector.decode import decode
-from simulator.fleet import FaultPlan, Fleet, FleetConfig, VirtualNode
+from kerbside.collector.decode import decode
+from kerbside.simulator.fleet import FaultPlan, Fleet, FleetConfig, VirtualNode
 
 HOUR = 3600
 

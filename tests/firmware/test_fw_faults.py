@@ -10,8 +10,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from collector.decode import decode
-from simulator.fleet import FaultPlan, Fleet, FleetConfig
+from kerbside.collector.decode import decode
+from kerbside.simulator.fleet import FaultPlan, Fleet, FleetConfig
 
 
 @pytest.mark.services
@@ -67,7 +67,7 @@ def test_unsynced_node_reboot_broken_sensor_and_broker_outage(mosquitto, tmp_pat
 @pytest.mark.services
 def test_the_real_broker_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
     """What the demo does: kill mosquitto under a running fleet, start it again; nothing is lost."""
-    from kerbside.services import Mosquitto, free_port
+    from kerbside.devstack import Mosquitto, free_port
 
     broker = Mosquitto("restart-mosquitto", tmp_path / "mq", free_port()).start()
     q: queue.Queue[tuple[str, bytes]] = queue.Queue()

@@ -9,7 +9,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from kerbside.services import free_port
+from kerbside.devstack import free_port
 from knode import selftest
 
 from .conftest import node_config
@@ -82,7 +82,7 @@ def test_selftest_passes_on_simulated_hardware_and_publishes_retained_status(
         time.sleep(0.02)
     sub.loop_stop()
     sub.disconnect()
-    from collector.decode import decode
+    from kerbside.collector.decode import decode
 
     d = decode("kerbside/v1/5e1f7e57/status", got[0], time.time())
     assert d.online is True and d.device == "5e1f7e57"
@@ -98,7 +98,7 @@ def test_selftest_reports_an_unreachable_broker_within_bounds(make_board, capsys
 
 
 def test_selftest_reports_a_broken_sensor(mosquitto, make_board, capsys: pytest.CaptureFixture[str]) -> None:
-    from simulator.hardware import Faults
+    from kerbside.simulator.hardware import Faults
 
     board = make_board(node_config(port=mosquitto.port), faults=Faults(broken_sensor=True))
     assert selftest.run(board) is False

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kerbside.cli import app
-from kerbside.registry import Registry
-from simulator.city import inside
+from kerbside.core.registry import Registry
+from kerbside.simulator.city import inside
 
 runner = CliRunner()
 

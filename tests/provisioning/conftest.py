@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from kerbside.registry import Registry
-from kerbside.services import LOOPBACK, Mosquitto, free_port
-from provisioning import broker, bundle
-from provisioning.broker_dir import BrokerDir, collector_password, render_auth, write_all
-from provisioning.bundle import DeviceFile
-from provisioning.rawrepl import RawRepl
+from kerbside.core.registry import Registry
+from kerbside.devstack import LOOPBACK, Mosquitto, free_port
+from kerbside.provisioning import broker, bundle
+from kerbside.provisioning.broker_dir import BrokerDir, collector_password, render_auth, write_all
+from kerbside.provisioning.bundle import DeviceFile
+from kerbside.provisioning.rawrepl import RawRepl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

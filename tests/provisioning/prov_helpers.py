@@ -14,10 +14,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from kerbside.registry import Device, Registry
-from kerbside.services import LOOPBACK
-from provisioning.identity import new_secret
-from provisioning.passwd import hash_password
+from kerbside.core.registry import Device, Registry
+from kerbside.devstack import LOOPBACK
+from kerbside.provisioning.identity import new_secret
+from kerbside.provisioning.passwd import hash_password
 
 WAIT = 10.0
 

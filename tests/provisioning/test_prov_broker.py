@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from prov_helpers import WAIT, Refused, add_device, connect
 
-from kerbside.registry import Registry
-from provisioning import broker, fleet, pki
-from provisioning.broker_dir import BrokerDir, write_all
-from provisioning.passwd import hash_password, passwd_line, verify_password
+from kerbside.core.registry import Registry
+from kerbside.provisioning import broker, fleet, pki
+from kerbside.provisioning.broker_dir import BrokerDir, write_all
+from kerbside.provisioning.passwd import hash_password, passwd_line, verify_password
 
 A, B, C, D = "0a0a0a01", "0a0a0a02", "0a0a0a03", "0a0a0a04"
 
@@ -174,7 +174,7 @@ def test_mosquitto_passwd_hashes_verify_both_ways(tmp_path: Path) -> None:
 
 def test_full_rendered_config_runs_mosquitto(tmp_path: Path) -> None:
     """The complete mosquitto.conf `broker-config` writes starts mosquitto and authenticates a node over TLS."""
-    from kerbside.services import free_port, require
+    from kerbside.devstack import free_port, require
 
     registry = Registry(tmp_path / "registry.json")
     secret = add_device(registry, "0b0b0b01")

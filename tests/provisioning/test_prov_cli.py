@@ -11,10 +11,10 @@ from prov_helpers import add_device, start_board
 from typer.testing import CliRunner
 
 from kerbside.cli import app
-from kerbside.registry import Registry
-from provisioning import pki
-from provisioning.ports import Candidate, PortError, choose
-from provisioning.rawrepl import RawRepl
+from kerbside.core.registry import Registry
+from kerbside.provisioning import pki
+from kerbside.provisioning.ports import Candidate, PortError, choose
+from kerbside.provisioning.rawrepl import RawRepl
 
 runner = CliRunner()
 
@@ -22,7 +22,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables wrap at 80 columns; a wide console keeps each message on one line for the assertions."""
-    from provisioning import cli
+    from kerbside.provisioning import cli
 
     monkeypatch.setattr(cli.console, "width", 250)
     monkeypatch.setattr(cli.err, "width", 250)

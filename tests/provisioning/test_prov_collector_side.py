@@ -10,11 +10,11 @@ import cbor2
 import pytest
 from prov_helpers import add_device
 
-from collector import contract
-from collector.decode import Rejected, decode
-from collector.devices import DeviceTags
-from kerbside.registry import Registry
-from provisioning import fleet
+from kerbside.collector import contract
+from kerbside.collector.decode import Rejected, decode
+from kerbside.collector.devices import DeviceTags
+from kerbside.core.registry import Registry
+from kerbside.provisioning import fleet
 
 FUZZ_INPUTS = 10_000
 

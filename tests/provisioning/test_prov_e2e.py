@@ -7,8 +7,8 @@ import time
 
 from prov_helpers import WAIT, Refused, connect
 
-from provisioning.node_config import NodeSpec, Profile
-from provisioning.provision import provision
+from kerbside.provisioning.node_config import NodeSpec, Profile
+from kerbside.provisioning.provision import provision
 
 
 def test_provisioned_credentials_work_at_the_broker(board, fleet_broker, standin_files, fast_repl) -> None:

@@ -9,7 +9,7 @@ import pytest
 from esptool.util import FatalError
 from serial import SerialException
 
-from provisioning.flash import FlashError, check_image, flash
+from kerbside.provisioning.flash import FlashError, check_image, flash
 
 
 def image(tmp_path: Path, chip_id: int = 0, magic: int = 0xE9, name: str = "ESP32_GENERIC-v1.27.0.bin") -> Path:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from kerbside.registry import Registry
-from provisioning import fleet, pki
-from provisioning.node_config import ConfigError, NodeSpec, Profile
-from provisioning.passwd import verify_password
-from provisioning.provision import provision
-from provisioning.rawrepl import RawRepl, ReplError
-from provisioning.selftest import EXPECTED_CHECKS
+from kerbside.core.registry import Registry
+from kerbside.provisioning import fleet, pki
+from kerbside.provisioning.node_config import ConfigError, NodeSpec, Profile
+from kerbside.provisioning.passwd import verify_password
+from kerbside.provisioning.provision import provision
+from kerbside.provisioning.rawrepl import RawRepl, ReplError
+from kerbside.provisioning.selftest import EXPECTED_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG_KEYS = {"v", "device", "kit", "site", "zone", "wifi", "mqtt", "ntp", "period", "sample", "status_every",
@@ -187,8 +187,8 @@ def test_selftest_crash_is_reported_without_the_secret(board, registry, profile,
     """Whatever a broken self-test prints, the node's secret and the Wi-Fi key never reach the technician's screen."""
     import shutil
 
-    from provisioning import bundle
-    from provisioning.selftest import SelfTestError
+    from kerbside.provisioning import bundle
+    from kerbside.provisioning.selftest import SelfTestError
 
     fw = tmp_path / "fw"
     shutil.copytree(standin_dir, fw)
@@ -204,7 +204,7 @@ def test_selftest_crash_is_reported_without_the_secret(board, registry, profile,
 
 def test_corrupted_upload_never_replaces_the_good_file(board, fast_repl, monkeypatch: pytest.MonkeyPatch) -> None:
     """A transfer whose hash does not match on the board leaves the previous file in place and no .part behind."""
-    from provisioning.rawrepl import TransferError
+    from kerbside.provisioning.rawrepl import TransferError
 
     with fast_repl(board.port) as repl:
         repl.write_file("/lib/knode/x.mpy", b"good")

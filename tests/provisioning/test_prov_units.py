@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import batch, broker, node_config, selftest
-from provisioning.files import write_private
-from provisioning.identity import IdentityError, check_device_id, new_device_id, new_secret
-from provisioning.node_config import ConfigError, load_profile
-from provisioning.passwd import PasswdError, hash_password, verify_password
+from kerbside.provisioning import batch, broker, node_config, selftest
+from kerbside.provisioning.files import write_private
+from kerbside.provisioning.identity import IdentityError, check_device_id, new_device_id, new_secret
+from kerbside.provisioning.node_config import ConfigError, load_profile
+from kerbside.provisioning.passwd import PasswdError, hash_password, verify_password
 
 
 def test_profile_from_toml(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from kerbside.devstack import Mosquitto, free_port
 from kerbside.metrics_scrape import scrape
-from kerbside.services import Mosquitto, free_port
 from knode import wire
 
 pytestmark = pytest.mark.services
