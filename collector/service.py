@@ -70,7 +70,6 @@ class Collector:
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
-        self._describe()
         self.writer = InfluxWriter(cfg.influx)
         self.spool = Spool(cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.warn_ratio)
         self.dlq = DeadLetters(cfg.dlq_dir)
@@ -104,34 +103,40 @@ class Collector:
         self._acks: list[Incoming] = []
         self._dead: list[tuple[str, str, str, bytes]] = []
         self._batch_start = 0.0
+        self._describe()
 
     # --- setup -------------------------------------------------------------------
     def _describe(self) -> None:
+        """Every metric the collector exposes; the spool's and the tracker's are read from them at scrape time."""
         m = self.metrics
-        for name, kind, text in (
-            ("kerbside_messages_total", "counter", "MQTT messages taken from the broker, by kind"),
-            ("kerbside_readings_total", "counter", "valid readings decoded (durable once acked)"),
-            ("kerbside_seq_resets_total", "counter", "sequence jumps too large to be gaps (reflashed or replaced nodes)"),
-            ("kerbside_rejected_total", "counter", "messages and lines dead-lettered, by stable reason code"),
-            ("kerbside_duplicates_total", "counter", "readings whose sequence number was already seen (replays)"),
-            ("kerbside_gaps_opened_total", "counter", "sequence gaps detected"),
-            ("kerbside_gaps_open", "gauge", "gaps not yet filled by backfill"),
-            ("kerbside_readings_missing", "gauge", "readings missing in open gaps"),
-            ("kerbside_lines_written_total", "counter", "lines InfluxDB accepted (direct and from the spool)"),
-            ("kerbside_lines_spooled_total", "counter", "lines appended to the spool because InfluxDB could not take them"),
-            ("kerbside_spool_bytes", "gauge", "bytes waiting in the spool"),
-            ("kerbside_spool_max_bytes", "gauge", "spool capacity"),
-            ("kerbside_spool_batches", "gauge", "batches waiting in the spool"),
-            ("kerbside_spool_blocked", "gauge", "1 while the spool is full and the collector has stopped acking"),
-            ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded"),
-            ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker"),
-            ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions"),
-            ("kerbside_flushes_total", "counter", "batches made durable"),
-            ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked"),
-            ("kerbside_device_online", "gauge", "online/offline view from retained status and last wills"),
-            ("kerbside_internal_errors_total", "counter", "bugs: exceptions outside the decoder's contract"),
+        t, sp = self.tracker, self.spool
+        for name, kind, text, labels, read in (
+            ("kerbside_messages_total", "counter", "MQTT messages taken from the broker, by kind", ("kind",), None),
+            ("kerbside_readings_total", "counter", "valid readings decoded (durable once acked)", (), None),
+            ("kerbside_seq_resets_total", "counter", "sequence jumps too large to be gaps (reflashed or replaced nodes)",
+             (), lambda: t.resets),
+            ("kerbside_rejected_total", "counter", "messages and lines dead-lettered, by stable reason code", ("reason",), None),
+            ("kerbside_duplicates_total", "counter", "readings whose sequence number was already seen (replays)",
+             (), lambda: t.duplicates),
+            ("kerbside_gaps_opened_total", "counter", "sequence gaps detected", (), lambda: t.gaps_opened),
+            ("kerbside_gaps_open", "gauge", "gaps not yet filled by backfill", (), t.open_gaps),
+            ("kerbside_readings_missing", "gauge", "readings missing in open gaps", (), t.missing),
+            ("kerbside_lines_written_total", "counter", "lines InfluxDB accepted (direct and from the spool)", (), None),
+            ("kerbside_lines_spooled_total", "counter", "lines appended to the spool because InfluxDB could not take them",
+             (), None),
+            ("kerbside_spool_bytes", "gauge", "bytes waiting in the spool", (), lambda: sp.bytes),
+            ("kerbside_spool_max_bytes", "gauge", "spool capacity", (), lambda: sp.max_bytes),
+            ("kerbside_spool_batches", "gauge", "batches waiting in the spool", (), lambda: len(sp)),
+            ("kerbside_spool_blocked", "gauge", "1 while the spool is full and the collector has stopped acking", (), None),
+            ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded", (), None),
+            ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker", (), None),
+            ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions", (), None),
+            ("kerbside_flushes_total", "counter", "batches made durable", (), None),
+            ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked", (), self.unacked),
+            ("kerbside_device_online", "gauge", "online/offline view from retained status and last wills", ("device",), None),
+            ("kerbside_internal_errors_total", "counter", "bugs: exceptions outside the decoder's contract", (), None),
         ):
-            m.describe(name, kind, text)
+            m.describe(name, kind, text, labels, read)
 
     def _make_client(self) -> mqtt.Client:
         c = self.cfg.mqtt
@@ -267,7 +272,6 @@ class Collector:
                 if item.generation == gen and item.qos > 0:
                     self.client.ack(item.mid, item.qos)
         self.metrics.inc("kerbside_flushes_total")
-        self._update_gauges()
         return True
 
     def flush(self) -> bool:
@@ -309,7 +313,6 @@ class Collector:
                     self._full_logged = time.monotonic()
                     log.error("%s; not acking, the broker queues meanwhile. Bring InfluxDB back or raise spool.max_bytes", e)
                 self.metrics.set("kerbside_spool_blocked", 1)
-                self._update_gauges()
                 if self.stopping.is_set():
                     return False
                 self.drain(block=True)
@@ -352,19 +355,6 @@ class Collector:
                 self._mark_down(e)
                 break
             self.spool.pop()
-        self._update_gauges()
-
-    def _update_gauges(self) -> None:
-        m = self.metrics
-        m.set("kerbside_spool_bytes", self.spool.bytes)
-        m.set("kerbside_spool_max_bytes", self.spool.max_bytes)
-        m.set("kerbside_spool_batches", len(self.spool))
-        m.set("kerbside_unacked_messages", self.unacked())
-        m.set("kerbside_gaps_open", self.tracker.open_gaps())
-        m.set("kerbside_readings_missing", self.tracker.missing())
-        m.set("kerbside_duplicates_total", self.tracker.duplicates)
-        m.set("kerbside_gaps_opened_total", self.tracker.gaps_opened)
-        m.set("kerbside_seq_resets_total", self.tracker.resets)
 
     # --- main loop -------------------------------------------------------------------
     def connect(self) -> None:
@@ -454,8 +444,7 @@ class Collector:
         self.stopping.set()
 
     # --- observability ---------------------------------------------------------------------
-    def render_metrics(self) -> str:
-        self._update_gauges()
+    def render_metrics(self) -> bytes:
         return self.metrics.render()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
