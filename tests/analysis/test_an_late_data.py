@@ -10,6 +10,8 @@ from kerbside.analysis.influx import Influx
 from kerbside.analysis.schema import Layout, backfill, init_db
 from kerbside.devstack import wait_for
 
+pytestmark = pytest.mark.services  # the real influxd
+
 
 def _lines(hour: datetime, minutes: range, no2: float = 40.0) -> list[str]:
     ns = int(hour.timestamp()) * 10**9

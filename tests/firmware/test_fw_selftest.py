@@ -62,6 +62,7 @@ def test_selftest_without_config_or_hardware_on_cpython(capsys: pytest.CaptureFi
     assert c["wifi"]["detail"] == "no hardware"
 
 
+@pytest.mark.services
 def test_selftest_passes_on_simulated_hardware_and_publishes_retained_status(
         mosquitto, make_board, capsys: pytest.CaptureFixture[str]) -> None:
     board = make_board(node_config(device="5e1f7e57", port=mosquitto.port))
@@ -97,6 +98,7 @@ def test_selftest_reports_an_unreachable_broker_within_bounds(make_board, capsys
     assert c["publish"] == {"name": "publish", "ok": False, "detail": "needs the broker"}
 
 
+@pytest.mark.services
 def test_selftest_reports_a_broken_sensor(mosquitto, make_board, capsys: pytest.CaptureFixture[str]) -> None:
     from kerbside.simulator.hardware import Faults
 
