@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kerbside.collector import contract
+from kerbside.collector import batching, contract
 from kerbside.collector.config import Config
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
@@ -237,11 +237,7 @@ class Collector:
         self._nlines += len(lines)
 
     def due(self) -> bool:
-        b = self.cfg.batch
-        if not self._acks:
-            return False
-        return (self._nlines >= b.lines or len(self._acks) >= b.max_messages
-                or time.monotonic() - self._batch_start >= b.interval_s)
+        return batching.due(self._nlines, len(self._acks), time.monotonic() - self._batch_start, self.cfg.batch)
 
     # --- durability ------------------------------------------------------------------
     def _cut(self) -> Pending | None:
@@ -408,12 +404,9 @@ class Collector:
         writer = threading.Thread(target=self._writer_loop, name="writer", daemon=True)
         writer.start()
         self.connect()
-        linger = self.cfg.batch.linger_s
         try:
             while not self.stopping.is_set():
-                timeout = 0.2
-                if self._acks:
-                    timeout = max(0.0, min(linger, self._batch_start + self.cfg.batch.interval_s - time.monotonic()))
+                timeout = batching.wait_s(len(self._acks), time.monotonic() - self._batch_start, self.cfg.batch)
                 try:
                     item = self.inbox.get(timeout=timeout)
                 except queue.Empty:
