@@ -128,9 +128,10 @@ class Collector:
             ("kerbside_spool_max_bytes", "gauge", "spool capacity", (), lambda: sp.max_bytes),
             ("kerbside_spool_batches", "gauge", "batches waiting in the spool", (), lambda: len(sp)),
             ("kerbside_spool_blocked", "gauge", "1 while the spool is full and the collector has stopped acking", (), None),
-            ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded", (), None),
-            ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker", (), None),
-            ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions", (), None),
+            ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded", (), lambda: int(self.influx_up is True)),
+            ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker", (), lambda: int(self.connected)),
+            ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions", (),
+             lambda: int(self.subscribed)),
             ("kerbside_flushes_total", "counter", "batches made durable", (), None),
             ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked", (), self.unacked),
             ("kerbside_device_online", "gauge", "online/offline view from retained status and last wills", ("device",), None),
@@ -167,7 +168,6 @@ class Collector:
         with self._conn_lock:
             self.generation += 1
         self.connected = True
-        self.metrics.set("kerbside_mqtt_connected", 1)
         log.info("connected to %s (session present: %s)", self.cfg.mqtt.url, flags.session_present)
         client.subscribe([(t, 1) for t in self.topics()])
 
@@ -179,15 +179,12 @@ class Collector:
         if failed:
             log.error("broker refused subscriptions %s: %s (check the ACL for the collector's user)", self.topics(), failed)
         self.subscribed = not failed
-        self.metrics.set("kerbside_mqtt_subscribed", 0 if failed else 1)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
         self.connected = False
         self.subscribed = False
         with self._conn_lock:
             self.generation += 1
-        self.metrics.set("kerbside_mqtt_connected", 0)
-        self.metrics.set("kerbside_mqtt_subscribed", 0)
         if not self.stopping.is_set():
             log.warning("disconnected from the broker (%s); reconnecting, unacked messages will be redelivered", reason)
 
@@ -325,7 +322,6 @@ class Collector:
             log.info("InfluxDB takes writes%s", f"; replaying {len(self.spool)} spooled batches" if len(self.spool) else "")
         self.influx_up = True
         self._backoff = 0.0
-        self.metrics.set("kerbside_influx_up", 1)
 
     def _mark_down(self, e: InfluxDown) -> None:
         lo, hi = self.cfg.spool.backoff_min_s, self.cfg.spool.backoff_max_s
@@ -334,7 +330,6 @@ class Collector:
         level = logging.ERROR if isinstance(e, InfluxAuthError) or self.influx_up is not False else logging.DEBUG
         log.log(level, "InfluxDB unavailable (%s); spooling, next try in %.1f s", e, self._down_until - time.monotonic())
         self.influx_up = False
-        self.metrics.set("kerbside_influx_up", 0)
 
     def drain(self, block: bool = False) -> None:
         """Replay spooled batches oldest first while InfluxDB takes them; block=True waits out the backoff once."""
