@@ -10,7 +10,6 @@ next to report.html, so figures can be reused and results checked by machine.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from collections.abc import Callable
@@ -18,7 +17,9 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
+import jinja2
 import pandas as pd
+from markupsafe import Markup
 
 from kerbside.analysis import query
 from kerbside.analysis.did import DidError, DidResult, check_periods, did
@@ -57,40 +58,36 @@ def _fig_png(fig) -> bytes:  # type: ignore[no-untyped-def]
     return buf.getvalue()
 
 
-def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, classes="t", na_rep="–", float_format=lambda x: f"{x:.1f}")
+def _table(df: pd.DataFrame) -> Markup:
+    """pandas escapes the cells; the template takes the table as it is."""
+    return Markup(df.to_html(index=False, border=0, classes="t", na_rep="–", float_format=lambda x: f"{x:.1f}"))
 
 
 def _side(zone_col: pd.Series, zone: str) -> pd.Series:
     return zone_col.map(lambda z: "inside" if z == zone else "outside")
 
 
-class _Doc:
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    alt: str
+    b64: str
+
+
+class _Figures:
+    """Each plot is written next to report.html as a PNG and embedded in the page."""
+
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.parts: list[str] = []
-        self.pngs: list[str] = []
+        self.by_name: dict[str, Figure] = {}
 
-    def h(self, text: str) -> None:
-        self.parts.append(f"<h2>{html.escape(text)}</h2>")
-
-    def p(self, text: str) -> None:
-        self.parts.append(f"<p>{text}</p>")
-
-    def raw(self, text: str) -> None:
-        self.parts.append(text)
-
-    def img(self, name: str, png: bytes, alt: str) -> None:
+    def add(self, name: str, png: bytes, alt: str) -> None:
         (self.out / name).write_bytes(png)
-        self.pngs.append(name)
-        b64 = base64.b64encode(png).decode()
-        self.parts.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-                          f"<figcaption>{html.escape(alt)} ({name})</figcaption></figure>")
+        self.by_name[name] = Figure(name, alt, base64.b64encode(png).decode())
 
 
-CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-       "table.t{border-collapse:collapse;margin:1em 0}table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;"
-       "text-align:right}.warn{background:#fff3cd;padding:.6em 1em;border-left:4px solid #e0a800}img{max-width:100%}")
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("kerbside.analysis", "templates"), autoescape=True,
+                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str], None] = lambda s: None) -> dict:
@@ -114,20 +111,10 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
     if sides != {"inside", "outside"}:
         raise ReportError(f"need air sites both inside and outside zone {spec.zone!r} in the range; found only {sides}")
     out.mkdir(parents=True, exist_ok=True)
-    doc = _Doc(out)
+    figs = _Figures(out)
+    tables: dict[str, Markup | None] = {"traffic": None, "did": None, "traffic_capture": None, "gaps": None}
     summary: dict = {"zone": spec.zone, "before": str(spec.before), "after": str(spec.after),
                      "from": str(spec.rng.first), "to": str(spec.rng.last), "tz": spec.rng.tz}
-
-    doc.raw(f"<h1>Low Emission Zone report: zone “{html.escape(spec.zone)}”</h1>")
-    doc.p(f"Analysed range {spec.rng.first} to {spec.rng.last} (local days, {html.escape(spec.rng.tz)}). "
-          f"<b>Before</b> = days before {spec.before}; <b>after</b> = days from {spec.after} on"
-          + (f"; {spec.before} to the day before {spec.after} is a transition and left out." if spec.after > spec.before
-             else "."))
-    doc.raw('<p class="warn"><b>Indicative measurements.</b> These figures come from low-cost sensors (optical PM '
-            "counters, electrochemical NO2 cells), not reference or equivalent methods under Directive 2024/2881. "
-            "They can show differences and trends between comparable sites, but they cannot prove compliance or "
-            "non-compliance with a limit value; absolute levels may be biased by humidity, temperature and sensor "
-            "drift. Exceedance counts only include hours/days that meet the data-capture rules.</p>")
 
     # Means by site and period
     progress("means and exceedances")
@@ -142,11 +129,7 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
             row[f"{LABEL[p]} capture %"] = 100 * g[f"{p}_hours"].sum() / g["hours_in_day"].sum()
         rows.append(row)
     means = pd.DataFrame(rows).sort_values(["side", "site", "period"], ascending=[True, True, False])
-    doc.h("Mean concentrations (µg/m³) with data capture")
-    doc.p(f"Mean of valid daily means; capture = valid hours / hours in the period (an hour is valid at ≥ "
-          f"{capture_rules().hour_min_fraction:.0%} data capture, a day with ≥ {capture_rules().day_min_valid_hours} "
-          f"valid hours). Annual means need ≥ {capture_rules().year_min_fraction:.0%} capture to count.")
-    doc.raw(_table(means))
+    tables["means"] = _table(means)
     grp = means.groupby(["side", "period"])[[LABEL[p] for p in POLLUTANTS]].mean()
     summary["means"] = {f"{s}/{p}": {k: round(float(v), 3) for k, v in r.items()} for (s, p), r in grp.iterrows()}
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
@@ -159,7 +142,7 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
         ax.set_title(LABEL[p])
         ax.set_ylabel("µg/m³")
         ax.legend(fontsize=7)
-    doc.img("means.png", _fig_png(fig), "Mean concentration inside vs outside, before vs after")
+    figs.add("means.png", _fig_png(fig), "Mean concentration inside vs outside, before vs after")
 
     # Daily NO2 series
     daily_side = days[days["no2_valid"]].groupby(["day", "side"])["no2"].mean().unstack()
@@ -169,14 +152,13 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
     ax.set_ylabel("NO2 daily mean, µg/m³")
     ax.legend()
     fig.autofmt_xdate()
-    doc.img("no2_daily.png", _fig_png(fig), "Daily NO2 means inside and outside the zone")
+    figs.add("no2_daily.png", _fig_png(fig), "Daily NO2 means inside and outside the zone")
 
     # Exceedances
     ex = pd.concat([query.exceedances(hours, days, s) for s in ("EU2030", "WHO2021")], ignore_index=True)
-    doc.h("Exceedances of short-term limits (per calendar year, valid periods only)")
     show = ex.assign(side=_side(ex["zone"], spec.zone))[["site", "side", "year", "scheme", "pollutant", "averaging",
                                                          "limit", "count", "allowed", "valid_periods", "breach"]]
-    doc.raw(_table(show))
+    tables["exceedances"] = _table(show)
     summary["exceedances"] = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
                               for r in show[show["scheme"] == "EU2030"].to_dict("records")]
     eu = show[show["scheme"] == "EU2030"].copy()
@@ -188,16 +170,16 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
         allowed = eu.loc[eu["what"] == what, "allowed"].iloc[0]
         ax.hlines(allowed, i - 0.4, i + 0.4, color="r", lw=2)
     ax.set_ylabel("exceedances (red: allowed per year)")
-    doc.img("exceedances.png", _fig_png(fig), "EU 2030 exceedance counts per site against the allowed number")
+    figs.add("exceedances.png", _fig_png(fig), "EU 2030 exceedance counts per site against the allowed number")
 
     # Traffic
     progress("traffic")
-    doc.h("Traffic volume and heavy-vehicle share")
+    no_traffic = False
     try:
         tr = query.traffic_hourly(client, spec.rng)
     except query.NoDataError:
         tr = pd.DataFrame()
-        doc.p("No traffic counts in this range.")
+        no_traffic = True
     if not tr.empty:
         tr["period"] = [_period(d, spec) for d in tr["day"]]
         tr["side"] = _side(tr["zone"], spec.zone)
@@ -207,7 +189,7 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
         t["vehicles_per_day"] = t["vehicles_per_day"] / t["days"] / t["sites"]
         t["heavy_share_pct"] = 100 * t["heavy"] / (t["vehicles_per_day"] * t["days"] * t["sites"])
         t = t.drop(columns=["heavy"])
-        doc.raw(_table(t))
+        tables["traffic"] = _table(t)
         summary["traffic"] = {f"{r.side}/{r.period}": {"vehicles_per_day": round(float(r.vehicles_per_day), 1),
                                                         "heavy_share_pct": round(float(r.heavy_share_pct), 2)}
                               for r in t.itertuples()}
@@ -220,50 +202,40 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
         for a in (a1, a2):
             a.axvline(spec.after, color="k", ls=":")
         fig.autofmt_xdate()
-        doc.img("traffic.png", _fig_png(fig), "Daily traffic volume and heavy-vehicle share")
+        figs.add("traffic.png", _fig_png(fig), "Daily traffic volume and heavy-vehicle share")
 
     # DiD
     progress("difference-in-differences (bootstrap)")
-    doc.h("Difference-in-differences estimate")
-    doc.p("Estimate = (inside − outside, after) − (inside − outside, before), using each day's mean of valid daily "
-          "means inside and outside the zone, on days with both. Negative means concentrations fell more inside "
-          f"the zone. 95 % interval: bootstrap resampling blocks of {spec.block_days} day(s) with replacement within "
-          f"each period ({spec.n_boot} resamples). Site-clustered standard errors are not used: with a handful of "
-          "sites per side they are unreliable. The interval covers day-to-day variation only; it assumes inside and "
-          "outside would have moved in parallel without the zone, and it does not cover sensor bias.")
     results: list[DidResult] = []
     notes = []
     for p in POLLUTANTS:
         try:
             results.append(did(days, p, spec.zone, spec.before, spec.after, spec.n_boot, spec.block_days))
         except DidError as e:
-            notes.append(html.escape(str(e)))
+            notes.append(str(e))
     if results:
         dd = pd.DataFrame([{"pollutant": LABEL[r.pollutant], "DiD µg/m³": r.estimate, "95 % low": r.ci_low,
                             "95 % high": r.ci_high, "bootstrap SE": r.se, "gap before": r.before_gap,
                             "gap after": r.after_gap, "days before": r.days_before, "days after": r.days_after}
                            for r in results])
-        doc.raw(_table(dd))
+        tables["did"] = _table(dd)
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.errorbar(dd["pollutant"], dd["DiD µg/m³"], yerr=[dd["DiD µg/m³"] - dd["95 % low"],
                     dd["95 % high"] - dd["DiD µg/m³"]], fmt="o", capsize=6)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_ylabel("DiD, µg/m³ (95 % interval)")
-        doc.img("did.png", _fig_png(fig), "Difference-in-differences estimates with 95 % bootstrap intervals")
-    for n in notes:
-        doc.p(f"Not estimated: {n}")
+        figs.add("did.png", _fig_png(fig), "Difference-in-differences estimates with 95 % bootstrap intervals")
     summary["did"] = {r.pollutant: {k: v for k, v in asdict(r).items() if k != "pollutant"} for r in results}
 
     # Data quality
     progress("data quality")
-    doc.h("Data quality: capture per node and gaps")
     cap = days.groupby(["device", "site", "side"]).agg(
         hours=("hours_in_day", "sum"), no2_hours=("no2_hours", "sum"), pm25_hours=("pm25_hours", "sum"),
         valid_no2_days=("no2_valid", "sum"), days=("day", "count")).reset_index()
     cap["NO2 capture %"] = 100 * cap["no2_hours"] / cap["hours"]
     cap["PM2.5 capture %"] = 100 * cap["pm25_hours"] / cap["hours"]
     cap = cap.drop(columns=["no2_hours", "pm25_hours"])
-    doc.raw(_table(cap))
+    tables["capture"] = _table(cap)
     summary["capture_pct"] = {r["device"]: round(float(r["NO2 capture %"]), 2) for r in cap.to_dict("records")}
     fig, ax = plt.subplots(figsize=(11, 3))
     days.pivot_table(index="day", columns="site", values="no2_capture").mul(100).plot(ax=ax)
@@ -271,25 +243,22 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
     ax.set_ylabel("valid NO2 hours, % of day")
     ax.legend(fontsize=7)
     fig.autofmt_xdate()
-    doc.img("capture.png", _fig_png(fig), "Daily NO2 data capture per site")
+    figs.add("capture.png", _fig_png(fig), "Daily NO2 data capture per site")
     tc = query.traffic_capture(client, spec.rng)
     if not tc.empty:
-        doc.p("Traffic nodes: capture = readings' capture summed / readings expected in the range.")
-        doc.raw(_table(tc.assign(**{"capture %": 100 * tc["capture"]}).drop(columns=["capture"])))
+        tables["traffic_capture"] = _table(tc.assign(**{"capture %": 100 * tc["capture"]}).drop(columns=["capture"]))
         summary["traffic_capture_pct"] = {f"{r['device']}/{r['direction']}": round(100 * float(r["capture"]), 2)
                                           for r in tc.to_dict("records")}
     g = query.gaps(client, spec.rng)
     summary["gaps"] = {"count": len(g), "still_missing": int(g["missing"].sum()) if len(g) else 0}
-    if g.empty:
-        doc.p("No gaps recorded by the collector in this range.")
-    else:
-        doc.p(f"{len(g)} gaps recorded by the collector; {int(g['recovered'].sum())} fully recovered by late backfill.")
+    if not g.empty:
         gg = g.assign(start=g["local_time"].dt.strftime("%Y-%m-%d %H:%M"))
-        doc.raw(_table(gg[["device", "site", "start", "first_seq", "last_seq", "expected", "missing", "recovered"]]))
+        tables["gaps"] = _table(gg[["device", "site", "start", "first_seq", "last_seq", "expected", "missing", "recovered"]])
 
-    page = (f"<!doctype html><html lang='en'><meta charset='utf-8'><title>LEZ report {html.escape(spec.zone)}</title>"
-            f"<style>{CSS}</style><body>{''.join(doc.parts)}</body></html>")
+    page = _TEMPLATES.get_template("report.html").render(
+        spec=spec, rules=capture_rules(), tables=tables, figures=figs.by_name, no_traffic=no_traffic,
+        did_notes=notes, gaps={"count": len(g), "recovered": int(g["recovered"].sum()) if len(g) else 0})
     (out / "report.html").write_text(page)
-    summary["pngs"] = doc.pngs
+    summary["pngs"] = list(figs.by_name)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

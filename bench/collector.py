@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kerbside.collector.decode import decode  # noqa: E402
-from kerbside.devstack import Influxd, Mosquitto, free_port  # noqa: E402
+from kerbside.devstack import CollectorProcess, Influxd, Mosquitto, free_port, scrape_metrics, wait_for  # noqa: E402
 from knode import wire  # noqa: E402
 
 PERIOD = 60
@@ -110,42 +110,10 @@ def proc_hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return {ln.rpartition(" ")[0]: float(ln.rpartition(" ")[2]) for ln in r.read().decode().splitlines()
-                if ln and not ln.startswith("#")}
-
-
-class CollectorProc:
-    def __init__(self, work: Path, broker: Mosquitto, influx_url: str, db: str, client_id: str) -> None:
-        self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KERBSIDE_")}
-        self.env.update({
-            "KERBSIDE_MQTT_URL": broker.url, "KERBSIDE_MQTT_CLIENT_ID": client_id,
-            "KERBSIDE_INFLUX_URL": influx_url, "KERBSIDE_INFLUX_DB": db,
-            "KERBSIDE_SPOOL_DIR": str(work / client_id / "spool"), "KERBSIDE_HTTP_PORT": str(self.port),
-            "KERBSIDE_LOG_LEVEL": "WARNING",
-        })
-        self.log = open(work / f"{client_id}.log", "ab")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "kerbside", "collect"], env=self.env, cwd=ROOT,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if scrape(self.port).get("kerbside_mqtt_subscribed") == 1:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("collector did not subscribe; see its log")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(30)
+def collector(work: Path, broker: Mosquitto, influx_url: str, db: str, client_id: str) -> CollectorProcess:
+    return CollectorProcess(client_id, work, free_port(), settings={
+        "mqtt": {"url": broker.url, "client_id": client_id}, "influx": {"url": influx_url, "db": db},
+        "spool": {"dir": work / client_id / "spool"}, "log": {"level": "WARNING"}})
 
 
 def publish_all(broker: Mosquitto, msgs: list[tuple[str, bytes]], rate: float = 0, on_sent=None) -> float:  # type: ignore[no-untyped-def]
@@ -177,13 +145,9 @@ def publish_all(broker: Mosquitto, msgs: list[tuple[str, bytes]], rate: float = 
 
 
 def wait_all(influx: Influx, counts: dict[str, int], timeout: float = 600) -> float:
-    deadline = time.monotonic() + timeout
     want = {d: (n, n - 1) for d, n in counts.items()}
-    while time.monotonic() < deadline:
-        if influx.seq_stats() == want:
-            return time.perf_counter()
-        time.sleep(0.02)
-    raise RuntimeError(f"not all readings arrived: {influx.seq_stats()} vs {want}")
+    wait_for(lambda: influx.seq_stats() == want, f"every reading queryable ({want})", timeout, interval=0.02)
+    return time.perf_counter()
 
 
 def top_frames(collapsed: Path, n: int = 12) -> list[tuple[float, str]]:
@@ -225,7 +189,7 @@ def drain_phase(work: Path, broker: Mosquitto, influxd: Influxd, readings: int, 
     db = f"drain{per_msg}"
     influx = Influx(influxd.url, db)
     msgs, counts = stream(readings, per_msg, devices, seed=per_msg)
-    col = CollectorProc(work, broker, influxd.url, db, f"bench-drain-{per_msg}")
+    col = collector(work, broker, influxd.url, db, f"bench-drain-{per_msg}")
     col.start()  # creates the persistent session and the database
     col.stop()
     publish_all(broker, msgs)  # queued in the broker for the collector's session
@@ -235,13 +199,13 @@ def drain_phase(work: Path, broker: Mosquitto, influxd: Influxd, readings: int, 
     spy = start_profile(col.proc.pid, work.parent / f"kerbside-collector-drain{per_msg}.collapsed") if profile else None
     # Poll the collector's own count of lines InfluxDB answered 204 for (queryable from then on in 1.x): polling
     # InfluxDB with a COUNT over the growing measurement would compete for the same two cores.
-    while scrape(col.port).get("kerbside_lines_written_total", 0) < readings:
-        time.sleep(0.01)
+    wait_for(lambda: scrape_metrics(col.port).get("kerbside_lines_written_total", 0) >= readings, "every line written",
+             600, interval=0.01)
     t1 = time.perf_counter()
     stop_profile(spy, f"drain {per_msg}/msg")
     wait_all(influx, counts, timeout=60)  # and verify in InfluxDB itself
     cpu = proc_cpu(col.proc.pid) - cpu0
-    metrics = scrape(col.port)
+    metrics = scrape_metrics(col.port)
     rss = proc_hwm_mb(col.proc.pid)
     col.stop()
     stats = influx.seq_stats()
@@ -257,7 +221,7 @@ def live_phase(work: Path, broker: Mosquitto, influxd: Influxd, seconds: float, 
     influx = Influx(influxd.url, db)
     n_msgs = int(seconds * rate)
     msgs, counts = stream(n_msgs * per_msg, per_msg, devices, seed=99)
-    col = CollectorProc(work, broker, influxd.url, db, "bench-live")
+    col = collector(work, broker, influxd.url, db, "bench-live")
     col.start()
     assert col.proc is not None
     sent: dict[int, float] = {}

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,8 +27,7 @@ import paho.mqtt.client as mqtt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kerbside.devstack import Influxd, Mosquitto, free_port  # noqa: E402
-from kerbside.metrics_scrape import scrape  # noqa: E402
+from kerbside.devstack import CollectorProcess, Influxd, Mosquitto, free_port  # noqa: E402
 from knode import wire  # noqa: E402
 
 PERIOD = 60
@@ -112,35 +109,29 @@ def main() -> None:
         root = Path(os.environ.get("KERBSIDE_BENCH_DIR") or tmp)
         broker = Mosquitto("mosquitto", root / "mosquitto", free_port()).start()
         influxd = Influxd("influxd", root / "influxd", free_port()).start()
-        http = free_port()
-        env = {**os.environ, "KERBSIDE_HTTP_PORT": str(http), "KERBSIDE_MQTT_CLIENT_ID": "fleet-bench"}
-        log = open(root / "collector.log", "ab")
-        coll = subprocess.Popen([sys.executable, "-m", "kerbside", "collect", "--mqtt", broker.url, "--influx",
-                                 influxd.url, "--db", "bench", "--spool", str(root / "spool")],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        coll = CollectorProcess("collector", root, free_port(), settings={
+            "mqtt": {"url": broker.url, "client_id": "fleet-bench"}, "influx": {"url": influxd.url, "db": "bench"},
+            "spool": {"dir": root / "spool"}})
         try:
-            deadline = time.monotonic() + 30
-            while (scrape(f"http://127.0.0.1:{http}/metrics") or {}).get("kerbside_mqtt_connected") != 1:
-                if time.monotonic() > deadline or coll.poll() is not None:
-                    raise SystemExit("collector did not start:\n" + (root / "collector.log").read_text()[-2000:])
-                time.sleep(0.1)
+            coll.start()
+            assert coll.proc is not None
             total_steps = sum(rates) * args.seconds
             t_start = int(time.time()) - int(total_steps / args.nodes + 2) * PERIOD
             pub = Publisher(broker.port, args.nodes, t_start)
-            procs = {"collector": coll.pid, "mosquitto": broker.proc.pid, "influxd": influxd.proc.pid,  # type: ignore[union-attr]
+            procs = {"collector": coll.proc.pid, "mosquitto": broker.proc.pid, "influxd": influxd.proc.pid,  # type: ignore[union-attr]
                      "load": os.getpid()}
             print(f"{'nodes@60s':>10} {'offered/s':>10} {'stored/s':>9} {'catch-up s':>10}  "
                   + " ".join(f"{k + ' %CPU':>14}" for k in procs))
             best = 0
             for rate in rates:
-                m0 = scrape(f"http://127.0.0.1:{http}/metrics") or {}
+                m0 = coll.metrics() or {}
                 c0 = {k: cpu_s(p) for k, p in procs.items()}
                 t0 = time.monotonic()
                 n = pub.run(rate, args.seconds)
                 t_pub = time.monotonic() - t0
                 target = m0.get("kerbside_readings_total", 0) + n
                 while True:
-                    m = scrape(f"http://127.0.0.1:{http}/metrics") or {}
+                    m = coll.metrics() or {}
                     if m.get("kerbside_readings_total", 0) >= target or time.monotonic() - t0 > t_pub + 120:
                         break
                     time.sleep(0.05)
@@ -168,8 +159,7 @@ def main() -> None:
                   f"({best / PERIOD:,.0f} msg/s), one reading per message; if the last step's offered/s sagged below "
                   "its target, the load generator and the box ran out of CPU before the collector fell behind")
         finally:
-            coll.send_signal(signal.SIGTERM)
-            coll.wait(30)
+            coll.stop(timeout=30)
             broker.stop()
             influxd.stop()
 

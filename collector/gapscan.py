@@ -61,10 +61,21 @@ def _seqs(query: Query, since_s: int) -> dict[str, tuple[tuple[tuple[str, str], 
 
 
 def _holes(pairs: list[tuple[int, int]]) -> Iterable[tuple[int, int, int, int]]:
-    """(first, last, ts ns, period s) of every run of missing sequence numbers between two present ones."""
+    """(first, last, ts ns, period s) of every run of missing sequence numbers between two present ones.
+
+    The period is the spacing of consecutive readings next to the hole (the smaller, where both sides
+    have one; else the device's smallest), as the live tracker takes the readings' own period: across a
+    hole, or between two readings either side of a reboot, the node may have been down for a while, so
+    the span would stretch it.
+    """
+    present = dict(pairs)
+    spacings = [tb - ta for (a, ta), (b, tb) in itertools.pairwise(pairs) if b == a + 1]
     for (a, ta), (b, tb) in itertools.pairwise(pairs):
         if b > a + 1:
-            period = max(1, round((tb - ta) / (b - a) / _NS))
+            before, after = present.get(a - 1), present.get(b + 1)
+            near = ([ta - before] if before is not None else []) + ([after - tb] if after is not None else [])
+            step = min(near) if near else min(spacings) if spacings else (tb - ta) / (b - a)
+            period = max(1, round(step / _NS))
             yield a + 1, b - 1, ta + period * _NS, period
 
 
@@ -85,14 +96,24 @@ def scan(query: Query, since_s: int) -> list[Record]:
     recorded = _recorded(query, since_s * 2)
     out: list[Record] = []
     for device, (tags, pairs) in present.items():
-        seqs = {s for s, _ in pairs}
-        known = recorded.get(device, [])
-        for r in known:
-            missing = sum(1 for s in range(r.first, r.last + 1) if s not in seqs)
-            if missing != r.missing and (pairs and pairs[0][0] <= r.first):
-                out.append(Record(device, r.tags, r.ts, r.first, r.last, missing, r.period))
-        for first, last, ts, period in _holes(pairs):
-            if any(r.first <= first and last <= r.last for r in known):
-                continue  # part of a recorded gap, which was just recounted
-            out.append(Record(device, tags, ts, first, last, last - first + 1, period))
+        out += device_records(device, tags, pairs, recorded.get(device, []))
+    return out
+
+
+def device_records(device: str, tags: tuple[tuple[str, str], ...], pairs: list[tuple[int, int]],
+                   known: list[Record]) -> list[Record]:
+    """One device's records to write, from its sorted (seq, time ns) pairs and the records already written.
+
+    Pure, so tests compare it with the live tracker (collector.gaps) on any history without a database.
+    """
+    out: list[Record] = []
+    seqs = {s for s, _ in pairs}
+    for r in known:
+        missing = sum(1 for s in range(r.first, r.last + 1) if s not in seqs)
+        if missing != r.missing and (pairs and pairs[0][0] <= r.first):
+            out.append(Record(device, r.tags, r.ts, r.first, r.last, missing, r.period))
+    for first, last, ts, period in _holes(pairs):
+        if any(r.first <= first and last <= r.last for r in known):
+            continue  # part of a recorded gap, which was just recounted
+        out.append(Record(device, tags, ts, first, last, last - first + 1, period))
     return out

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kerbside.collector import contract
+from kerbside.collector import batching, contract
 from kerbside.collector.config import Config
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
@@ -70,7 +70,6 @@ class Collector:
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
-        self._describe()
         self.writer = InfluxWriter(cfg.influx)
         self.spool = Spool(cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.warn_ratio)
         self.dlq = DeadLetters(cfg.dlq_dir)
@@ -104,34 +103,41 @@ class Collector:
         self._acks: list[Incoming] = []
         self._dead: list[tuple[str, str, str, bytes]] = []
         self._batch_start = 0.0
+        self._describe()
 
     # --- setup -------------------------------------------------------------------
     def _describe(self) -> None:
+        """Every metric the collector exposes; the spool's and the tracker's are read from them at scrape time."""
         m = self.metrics
-        for name, kind, text in (
-            ("kerbside_messages_total", "counter", "MQTT messages taken from the broker, by kind"),
-            ("kerbside_readings_total", "counter", "valid readings decoded (durable once acked)"),
-            ("kerbside_seq_resets_total", "counter", "sequence jumps too large to be gaps (reflashed or replaced nodes)"),
-            ("kerbside_rejected_total", "counter", "messages and lines dead-lettered, by stable reason code"),
-            ("kerbside_duplicates_total", "counter", "readings whose sequence number was already seen (replays)"),
-            ("kerbside_gaps_opened_total", "counter", "sequence gaps detected"),
-            ("kerbside_gaps_open", "gauge", "gaps not yet filled by backfill"),
-            ("kerbside_readings_missing", "gauge", "readings missing in open gaps"),
-            ("kerbside_lines_written_total", "counter", "lines InfluxDB accepted (direct and from the spool)"),
-            ("kerbside_lines_spooled_total", "counter", "lines appended to the spool because InfluxDB could not take them"),
-            ("kerbside_spool_bytes", "gauge", "bytes waiting in the spool"),
-            ("kerbside_spool_max_bytes", "gauge", "spool capacity"),
-            ("kerbside_spool_batches", "gauge", "batches waiting in the spool"),
-            ("kerbside_spool_blocked", "gauge", "1 while the spool is full and the collector has stopped acking"),
-            ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded"),
-            ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker"),
-            ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions"),
-            ("kerbside_flushes_total", "counter", "batches made durable"),
-            ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked"),
-            ("kerbside_device_online", "gauge", "online/offline view from retained status and last wills"),
-            ("kerbside_internal_errors_total", "counter", "bugs: exceptions outside the decoder's contract"),
+        t, sp = self.tracker, self.spool
+        for name, kind, text, labels, read in (
+            ("kerbside_messages_total", "counter", "MQTT messages taken from the broker, by kind", ("kind",), None),
+            ("kerbside_readings_total", "counter", "valid readings decoded (durable once acked)", (), None),
+            ("kerbside_seq_resets_total", "counter", "sequence jumps too large to be gaps (reflashed or replaced nodes)",
+             (), lambda: t.resets),
+            ("kerbside_rejected_total", "counter", "messages and lines dead-lettered, by stable reason code", ("reason",), None),
+            ("kerbside_duplicates_total", "counter", "readings whose sequence number was already seen (replays)",
+             (), lambda: t.duplicates),
+            ("kerbside_gaps_opened_total", "counter", "sequence gaps detected", (), lambda: t.gaps_opened),
+            ("kerbside_gaps_open", "gauge", "gaps not yet filled by backfill", (), t.open_gaps),
+            ("kerbside_readings_missing", "gauge", "readings missing in open gaps", (), t.missing),
+            ("kerbside_lines_written_total", "counter", "lines InfluxDB accepted (direct and from the spool)", (), None),
+            ("kerbside_lines_spooled_total", "counter", "lines appended to the spool because InfluxDB could not take them",
+             (), None),
+            ("kerbside_spool_bytes", "gauge", "bytes waiting in the spool", (), lambda: sp.bytes),
+            ("kerbside_spool_max_bytes", "gauge", "spool capacity", (), lambda: sp.max_bytes),
+            ("kerbside_spool_batches", "gauge", "batches waiting in the spool", (), lambda: len(sp)),
+            ("kerbside_spool_blocked", "gauge", "1 while the spool is full and the collector has stopped acking", (), None),
+            ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded", (), lambda: int(self.influx_up is True)),
+            ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker", (), lambda: int(self.connected)),
+            ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions", (),
+             lambda: int(self.subscribed)),
+            ("kerbside_flushes_total", "counter", "batches made durable", (), None),
+            ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked", (), self.unacked),
+            ("kerbside_device_online", "gauge", "online/offline view from retained status and last wills", ("device",), None),
+            ("kerbside_internal_errors_total", "counter", "bugs: exceptions outside the decoder's contract", (), None),
         ):
-            m.describe(name, kind, text)
+            m.describe(name, kind, text, labels, read)
 
     def _make_client(self) -> mqtt.Client:
         c = self.cfg.mqtt
@@ -162,7 +168,6 @@ class Collector:
         with self._conn_lock:
             self.generation += 1
         self.connected = True
-        self.metrics.set("kerbside_mqtt_connected", 1)
         log.info("connected to %s (session present: %s)", self.cfg.mqtt.url, flags.session_present)
         client.subscribe([(t, 1) for t in self.topics()])
 
@@ -174,15 +179,12 @@ class Collector:
         if failed:
             log.error("broker refused subscriptions %s: %s (check the ACL for the collector's user)", self.topics(), failed)
         self.subscribed = not failed
-        self.metrics.set("kerbside_mqtt_subscribed", 0 if failed else 1)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
         self.connected = False
         self.subscribed = False
         with self._conn_lock:
             self.generation += 1
-        self.metrics.set("kerbside_mqtt_connected", 0)
-        self.metrics.set("kerbside_mqtt_subscribed", 0)
         if not self.stopping.is_set():
             log.warning("disconnected from the broker (%s); reconnecting, unacked messages will be redelivered", reason)
 
@@ -232,11 +234,7 @@ class Collector:
         self._nlines += len(lines)
 
     def due(self) -> bool:
-        b = self.cfg.batch
-        if not self._acks:
-            return False
-        return (self._nlines >= b.lines or len(self._acks) >= b.max_messages
-                or time.monotonic() - self._batch_start >= b.interval_s)
+        return batching.due(self._nlines, len(self._acks), time.monotonic() - self._batch_start, self.cfg.batch)
 
     # --- durability ------------------------------------------------------------------
     def _cut(self) -> Pending | None:
@@ -267,7 +265,6 @@ class Collector:
                 if item.generation == gen and item.qos > 0:
                     self.client.ack(item.mid, item.qos)
         self.metrics.inc("kerbside_flushes_total")
-        self._update_gauges()
         return True
 
     def flush(self) -> bool:
@@ -309,7 +306,6 @@ class Collector:
                     self._full_logged = time.monotonic()
                     log.error("%s; not acking, the broker queues meanwhile. Bring InfluxDB back or raise spool.max_bytes", e)
                 self.metrics.set("kerbside_spool_blocked", 1)
-                self._update_gauges()
                 if self.stopping.is_set():
                     return False
                 self.drain(block=True)
@@ -326,7 +322,6 @@ class Collector:
             log.info("InfluxDB takes writes%s", f"; replaying {len(self.spool)} spooled batches" if len(self.spool) else "")
         self.influx_up = True
         self._backoff = 0.0
-        self.metrics.set("kerbside_influx_up", 1)
 
     def _mark_down(self, e: InfluxDown) -> None:
         lo, hi = self.cfg.spool.backoff_min_s, self.cfg.spool.backoff_max_s
@@ -335,7 +330,6 @@ class Collector:
         level = logging.ERROR if isinstance(e, InfluxAuthError) or self.influx_up is not False else logging.DEBUG
         log.log(level, "InfluxDB unavailable (%s); spooling, next try in %.1f s", e, self._down_until - time.monotonic())
         self.influx_up = False
-        self.metrics.set("kerbside_influx_up", 0)
 
     def drain(self, block: bool = False) -> None:
         """Replay spooled batches oldest first while InfluxDB takes them; block=True waits out the backoff once."""
@@ -352,19 +346,6 @@ class Collector:
                 self._mark_down(e)
                 break
             self.spool.pop()
-        self._update_gauges()
-
-    def _update_gauges(self) -> None:
-        m = self.metrics
-        m.set("kerbside_spool_bytes", self.spool.bytes)
-        m.set("kerbside_spool_max_bytes", self.spool.max_bytes)
-        m.set("kerbside_spool_batches", len(self.spool))
-        m.set("kerbside_unacked_messages", self.unacked())
-        m.set("kerbside_gaps_open", self.tracker.open_gaps())
-        m.set("kerbside_readings_missing", self.tracker.missing())
-        m.set("kerbside_duplicates_total", self.tracker.duplicates)
-        m.set("kerbside_gaps_opened_total", self.tracker.gaps_opened)
-        m.set("kerbside_seq_resets_total", self.tracker.resets)
 
     # --- main loop -------------------------------------------------------------------
     def connect(self) -> None:
@@ -418,12 +399,9 @@ class Collector:
         writer = threading.Thread(target=self._writer_loop, name="writer", daemon=True)
         writer.start()
         self.connect()
-        linger = self.cfg.batch.linger_s
         try:
             while not self.stopping.is_set():
-                timeout = 0.2
-                if self._acks:
-                    timeout = max(0.0, min(linger, self._batch_start + self.cfg.batch.interval_s - time.monotonic()))
+                timeout = batching.wait_s(len(self._acks), time.monotonic() - self._batch_start, self.cfg.batch)
                 try:
                     item = self.inbox.get(timeout=timeout)
                 except queue.Empty:
@@ -454,8 +432,7 @@ class Collector:
         self.stopping.set()
 
     # --- observability ---------------------------------------------------------------------
-    def render_metrics(self) -> str:
-        self._update_gauges()
+    def render_metrics(self) -> bytes:
         return self.metrics.render()
 
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -88,6 +88,11 @@ class Spool:
             magic, length, crc = _HEAD.unpack_from(data, pos)
             body = data[pos + _HEAD.size: pos + _HEAD.size + length]
             if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
+                if pos + _HEAD.size + length < len(data):
+                    # More data follows: not a torn append but damage to records that were acked. Cutting
+                    # here would drop every later batch too, so stop and let the operator decide.
+                    raise RuntimeError(f"spool record at {path}:{pos} is corrupt and not the last one; move the spool "
+                                       "dir aside and restart (its later batches can be recovered from the file)")
                 break
             pos += _HEAD.size + length
         if pos != len(data):

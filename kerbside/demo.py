@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,8 +23,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kerbside.devstack import LOOPBACK, Influxd, Mosquitto, free_port
-from kerbside.metrics_scrape import scrape
+from kerbside.devstack import LOOPBACK, CollectorProcess, Influxd, Mosquitto, free_port
 
 DB = "kerbside"
 
@@ -68,7 +66,10 @@ class Demo:
         self.influxd = Influxd("influxd", plan.state / "influxd", free_port(), cq_interval="10s")
         self.http_port = free_port()
         self.registry = plan.state / "registry.json"
-        self.collector: subprocess.Popen[bytes] | None = None
+        self.collector = CollectorProcess("collector", plan.state, self.http_port, settings={
+            "mqtt": {"url": self.broker.url, "client_id": "kerbside-demo-collector"},
+            "influx": {"url": self.influxd.url, "db": DB, "unsynced_rp": "unsynced"},
+            "spool": {"dir": plan.state / "collector" / "spool"}, "registry": {"path": self.registry}})
         self.simulating = threading.Event()
         self.events: list[str] = []
 
@@ -77,25 +78,10 @@ class Demo:
         return [sys.executable, "-m", "kerbside", *args]
 
     def start_collector(self) -> None:
-        env = {**os.environ, "KERBSIDE_INFLUX_UNSYNCED_RP": "unsynced", "KERBSIDE_HTTP_PORT": str(self.http_port),
-               "KERBSIDE_MQTT_CLIENT_ID": "kerbside-demo-collector"}
-        log = open(self.plan.state / "collector.log", "ab")  # owned by the child
-        self.collector = subprocess.Popen(
-            self.kerbside("collect", "--mqtt", self.broker.url, "--influx", self.influxd.url, "--db", DB,
-                          "--spool", str(self.plan.state / "collector" / "spool"), "--registry", str(self.registry)),
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_for(lambda: (self.metrics() or {}).get("kerbside_mqtt_connected") == 1, "collector", 30)
+        self.collector.start(timeout=30)
 
     def metrics(self) -> dict[str, float] | None:
-        return scrape(f"http://{LOOPBACK}:{self.http_port}/metrics")
-
-    def wait_for(self, cond, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{what} not ready after {timeout:.0f} s; logs are in {self.plan.state}")
+        return self.collector.metrics()
 
     def readings_in_influx(self) -> int:
         """Distinct readings stored: one air point, or one inbound traffic_flow point, per reading."""
@@ -111,13 +97,7 @@ class Demo:
         return total
 
     def stop(self) -> None:
-        p = self.collector
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        self.collector.stop(timeout=30)
         self.broker.stop()
         self.influxd.stop()
 

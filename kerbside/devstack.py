@@ -1,8 +1,13 @@
-"""Start Mosquitto and InfluxDB 1.x as child processes on loopback.
+"""The development stack: Mosquitto, InfluxDB 1.x and the collector as child processes on loopback.
 
-Used by the test fixtures, the demo and the benchmarks, so that all three run
-against the same real brokers configured the same way: persistence on, queue
-limits raised, loopback only, everything under one state directory.
+NOT FOR PRODUCTION: anonymous MQTT, no TLS, no auth on InfluxDB. It serves the
+test fixtures, the demo and the benchmarks, so that all three run against the
+same real services started the same way: persistence on, queue limits raised,
+loopback only, everything under one state directory. Production brokers and
+collectors are set up from collector/deploy/ (see docs/collector.md).
+
+Also the one way the dev tools wait for something (wait_for) and read the
+collector's /metrics (scrape_metrics, with prometheus_client's own parser).
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
 
 LOOPBACK = "127.0.0.1"
 
@@ -40,16 +49,59 @@ def require(binary: str, package: str) -> str:
     return path
 
 
-def _wait(check: callable, what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:  # type: ignore[valid-type]
+T = TypeVar("T")
+
+
+def wait_for(cond: Callable[[], T], what: str, timeout: float = 30, *, proc: subprocess.Popen[bytes] | None = None,
+             log: Path | None = None, interval: float = 0.05) -> T:
+    """Poll cond() until it returns something truthy, and return that.
+
+    OSError from cond() (a port or endpoint not up yet) counts as "not yet". With `proc`, the process
+    exiting first fails at once rather than after the timeout; `log`'s tail goes into the error.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceError(f"{what} exited with {proc.returncode}; log:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            if check():
-                return
-        time.sleep(0.05)
-    raise ServiceError(f"{what} not ready after {timeout:.0f} s; log:\n{log.read_text()[-2000:]}")
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{what}: the process exited with {proc.returncode}{_tail(log)}")
+        with contextlib.suppress(OSError):
+            if value := cond():
+                return value
+        if time.monotonic() > deadline:
+            raise ServiceError(f"timed out after {timeout:g} s waiting for {what}{_tail(log)}")
+        time.sleep(interval)
+
+
+def _tail(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    return f"; log {log}:\n{log.read_text(errors='replace')[-2000:]}"
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """A Prometheus text exposition as {'name': value, 'name{k="v",…}': value}, labels sorted.
+
+    Samples of one name with labels are also summed under the bare name, so that
+    `kerbside_rejected_total` answers "how many, whatever the reason".
+    """
+    out: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}"] = s.value
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+            else:
+                out[s.name] = s.value
+    for name, v in sums.items():
+        out.setdefault(name, v)
+    return out
+
+
+def scrape_metrics(port: int, host: str = LOOPBACK, timeout: float = 5.0) -> dict[str, float]:
+    """The collector's /metrics, parsed; raises OSError while the endpoint is not up."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
+        return parse_metrics(r.read().decode())
 
 
 @dataclass
@@ -139,7 +191,7 @@ class Mosquitto(Service):
             with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
                 return True
 
-        _wait(ready, "mosquitto", self.proc, self.log, timeout)
+        wait_for(ready, "mosquitto", timeout, proc=self.proc, log=self.log)
         return self
 
 
@@ -205,8 +257,51 @@ class Influxd(Service):
             with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:
                 return bool(r.status == 204)
 
-        _wait(ready, "influxd", self.proc, self.log, timeout)
+        wait_for(ready, "influxd", timeout, proc=self.proc, log=self.log)
         return self
+
+
+def collector_env(settings: Mapping[str, Mapping[str, object]], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that configures `kerbside collect` with `settings` ({section: {key: value}}) alone.
+
+    Inherited KERBSIDE_* variables are dropped, so a developer's shell cannot change what a test or benchmark runs.
+    """
+    env = {k: v for k, v in (os.environ if inherit is None else inherit).items() if not k.startswith("KERBSIDE_")}
+    for section, values in settings.items():
+        for key, value in values.items():
+            if value is not None:
+                env[f"KERBSIDE_{section.upper()}_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+@dataclass
+class CollectorProcess(Service):
+    """`python -m kerbside collect` as a child process, configured through the environment only.
+
+    `port` is its /metrics port; `settings` ({section: {key: value}}) is everything else. start() returns
+    once the broker has accepted its subscriptions, read from its own /metrics.
+    """
+
+    settings: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def start(self, wait: bool = True, timeout: float = 30) -> CollectorProcess:
+        self.state.mkdir(parents=True, exist_ok=True)
+        settings = {**self.settings, "http": {**self.settings.get("http", {}), "port": self.port}}
+        out = open(self.log, "ab")  # owned by the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "kerbside", "collect"], env=collector_env(settings),
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        if wait:
+            wait_for(lambda: scrape_metrics(self.port).get("kerbside_mqtt_subscribed") == 1,
+                     f"collector {self.name} subscribed", timeout, proc=self.proc, log=self.log)
+        return self
+
+    def metrics(self) -> dict[str, float] | None:
+        """Its /metrics, or None while the endpoint is not up."""
+        try:
+            return scrape_metrics(self.port)
+        except OSError:
+            return None
 
 
 @contextlib.contextmanager

@@ -291,9 +291,6 @@ class SimBoard:
     def randbits(self, n: int) -> int:
         return self.rng.getrandbits(n)
 
-    def has_hardware(self) -> bool:
-        return True
-
     def wlan(self) -> FakeWLAN:
         self._wlan.active(True)
         return self._wlan

@@ -1,4 +1,7 @@
-"""Session fixtures: real mosquitto and influxd on free loopback ports, and the MicroPython VM."""
+"""Session fixtures: real mosquitto and influxd on free loopback ports, and the MicroPython VM.
+
+process_guard (next to this file) makes the markers mean what they say: outside `services`, no process starts.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from influx_helpers import InfluxHTTP  # noqa: E402
 from mpy import vm  # noqa: E402
+
+pytest_plugins = ["process_guard", "pytester"]
 
 
 @pytest.fixture(scope="session")

@@ -47,8 +47,6 @@ class Mean:
 # Vehicle length classes, upper bounds in decimetres (EU practice for
 # length-based classification of single-loop/radar detectors).
 CLASS_LIMITS_DM = (25, 55, 75)  # motorcycle < 2.5 m <= car < 5.5 m <= van < 7.5 m <= heavy
-DIR_IN = 0
-DIR_OUT = 1
 
 
 def length_class(length_dm, limits=CLASS_LIMITS_DM):

@@ -64,9 +64,6 @@ class Board:
         import random
         return random.getrandbits(n)
 
-    def has_hardware(self):
-        return self.machine is not None and self.network is not None
-
     # -- hardware: each call imports its module, so importing hal never needs it --
     def uart(self, uid: int, baudrate: int, tx: int, rx: int, rxbuf: int) -> "machine.UART":
         import machine

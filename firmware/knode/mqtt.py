@@ -248,7 +248,7 @@ class MQTTClient:
 
     async def ping(self):
         self._pong = asyncio.Event()
-        await self._send(b"\xc0\x00")
+        await self._send(bytes((PINGREQ, 0)))
         try:
             await asyncio.wait_for(self._pong.wait(), self.timeout)
         except asyncio.TimeoutError:
@@ -259,7 +259,7 @@ class MQTTClient:
         """Clean goodbye: the broker discards the Last Will."""
         if self.connected:
             try:
-                await self._send(b"\xe0\x00")
+                await self._send(bytes((DISCONNECT, 0)))
             except Exception:
                 pass
         self.close()

@@ -1,5 +1,4 @@
 # kerbside node firmware - Wi-Fi join, TLS context and the MQTT client for a config.
-import asyncio
 
 from knode import wire
 from knode.mqtt import MQTTClient
@@ -68,6 +67,3 @@ def rssi(board):
     except Exception:
         return 0
 
-
-async def with_timeout(coro, seconds):
-    return await asyncio.wait_for(coro, seconds)

@@ -13,6 +13,8 @@ from kerbside.analysis import query
 from kerbside.analysis.did import DidError, did
 from kerbside.analysis.timerange import LocalRange
 
+pytestmark = pytest.mark.services  # the real influxd
+
 P = ("pm25", "pm10", "no2")
 
 

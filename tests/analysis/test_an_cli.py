@@ -35,6 +35,7 @@ def test_help_teaches(run) -> None:  # type: ignore[no-untyped-def]
     assert 'RESAMPLE EVERY 5m FOR 12h' in out and 'INTO "city"."agg"."air_1h"' in out
 
 
+@pytest.mark.services
 def test_db_init_and_backfill(run, influx) -> None:  # type: ignore[no-untyped-def]
     code, out = run("db", "init", "--influx", influx.url, "--db", influx.db)
     assert code == 0, out
@@ -61,6 +62,7 @@ def test_unreachable_influx(run) -> None:  # type: ignore[no-untyped-def]
     assert code == 2 and "cannot reach InfluxDB" in out
 
 
+@pytest.mark.services
 def test_report_cli(run, loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base = ["--influx", loaded.client.url, "--db", loaded.client.db]
     code, out = run("report", "lez", "--zone", "lez", "--before", "2026-03-30", "--after", "2026-03-30",
@@ -76,6 +78,7 @@ def test_report_cli(run, loaded, tmp_path: Path) -> None:  # type: ignore[no-unt
     assert code == 2 and "must fall inside" in out
 
 
+@pytest.mark.services
 def test_export_cli(run, loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base = ["--influx", loaded.client.url, "--db", loaded.client.db]
     with Broker() as broker:

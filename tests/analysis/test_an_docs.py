@@ -10,6 +10,8 @@ import pytest
 
 from kerbside.analysis import query
 
+pytestmark = pytest.mark.services  # the real influxd
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analysts.md"
 
 

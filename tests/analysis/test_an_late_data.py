@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from kerbside.analysis.influx import Influx
 from kerbside.analysis.schema import Layout, backfill, init_db
+from kerbside.devstack import wait_for
 
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+pytestmark = pytest.mark.services  # the real influxd
 
 
 def _lines(hour: datetime, minutes: range, no2: float = 40.0) -> list[str]:

@@ -15,6 +15,8 @@ from kerbside.analysis.ngsi_ld_schema import errors, key_values
 from kerbside.analysis.timerange import LocalRange
 from kerbside.core.registry import Device, Registry
 
+pytestmark = pytest.mark.services  # the real influxd
+
 DAY = date(2026, 4, 1)
 
 

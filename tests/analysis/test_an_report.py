@@ -15,6 +15,8 @@ import pytest
 from kerbside.analysis.report import ReportError, ReportSpec, build
 from kerbside.analysis.timerange import LocalRange
 
+pytestmark = pytest.mark.services  # the real influxd
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,6 +13,8 @@ from kerbside.analysis.influx import Influx
 from kerbside.analysis.schema import Layout, backfill, init_db
 from kerbside.analysis.timerange import LocalRange
 
+pytestmark = pytest.mark.services  # the real influxd
+
 TZ = "Europe/Brussels"
 YEAR = LocalRange(date(2026, 1, 1), date(2026, 12, 31), TZ)
 PM10_DAYS = [date(2026, 2, d) for d in range(1, 21)]  # 20 days over 45: more than the 18 allowed

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,21 +12,9 @@ import paho.mqtt.client as mqtt
 
 from kerbside.collector.config import Config
 from kerbside.collector.service import Collector
-from kerbside.devstack import Mosquitto, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+from kerbside.devstack import CollectorProcess, Mosquitto, free_port, wait_for
+from kerbside.devstack import collector_env as _env
+from kerbside.devstack import scrape_metrics as scrape  # noqa: F401  (the tests' name for it)
 
 
 def make_config(tmp_path: Path, broker: Mosquitto, influx_url: str, db: str, **over: object) -> Config:
@@ -56,7 +42,7 @@ class InProcess:
 
     def __enter__(self) -> Collector:
         self.thread.start()
-        wait_for(lambda: self.collector.subscribed, 15, "collector connected and subscribed")
+        wait_for(lambda: self.collector.subscribed, "collector connected and subscribed", 15)
         return self.collector
 
     def __exit__(self, *exc: object) -> None:
@@ -66,31 +52,14 @@ class InProcess:
 
 
 def collector_env(cfg: Config) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERBSIDE_")}
-    for section, values in cfg.as_dict(mask=False).items():
-        for key, value in values.items():
-            env[f"KERBSIDE_{section.upper()}_{key.upper()}"] = str(value)
-    return env
+    return _env(cfg.as_dict(mask=False))
 
 
 def spawn(cfg: Config, log: Path, wait: bool = True) -> subprocess.Popen[bytes]:
-    """`python -m kerbside collect` configured entirely through the environment; wait=True: until subscribed.
-
-    Needs cfg.http.port set (the readiness check reads /metrics).
-    """
-    out = open(log, "ab")
-    proc = subprocess.Popen([PYTHON, "-m", "kerbside", "collect"], env=collector_env(cfg), cwd=ROOT,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    if wait:
-        def ready() -> bool:
-            assert proc.poll() is None, f"collector exited {proc.returncode}: {log.read_text()[-2000:]}"
-            try:
-                return scrape(cfg.http.port).get("kerbside_mqtt_subscribed") == 1
-            except OSError:
-                return False
-
-        wait_for(ready, 20, "collector subprocess subscribed")
-    return proc
+    """`python -m kerbside collect` configured by `cfg` alone, logging to `log`; wait=True: until subscribed."""
+    c = CollectorProcess(log.stem, log.parent, cfg.http.port, settings=cfg.as_dict(mask=False)).start(wait, timeout=20)
+    assert c.proc is not None
+    return c.proc
 
 
 class Publisher:
@@ -176,13 +145,3 @@ def seq_summary(influx: object, measurement: str = "air") -> dict[str, tuple[int
 
 def expected_summary(seqs: dict[str, list[int]]) -> dict[str, tuple[int, int, int, int]]:
     return {d: (len(s), sum(s), min(s), max(s)) for d, s in seqs.items()}
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Prometheus text from /metrics as {'name{labels}': value}; raises while the endpoint is down."""
-    import urllib.request
-
-    from kerbside.metrics_scrape import parse
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return parse(r.read().decode())

@@ -50,7 +50,7 @@ def test_kill9_loses_nothing(tmp_path: Path, broker, influx, influxd) -> None:  
             proc = spawn(cfg, log)
         t.join()
         want = expected_summary(seqs)
-        wait_for(lambda: seq_summary(influx) == want, 60, "every reading in InfluxDB")
+        wait_for(lambda: seq_summary(influx) == want, "every reading in InfluxDB", 60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

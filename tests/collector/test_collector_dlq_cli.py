@@ -31,8 +31,8 @@ def test_list_show_replay_after_registry_fix(tmp_path: Path, broker, influx, inf
     store.add(LINE_TOPIC, "influx_rejected", "field type conflict", f"air,device=0000000a pm1=1.5 {t0 * 10**9}".encode())
     with InProcess(cfg) as col:
         mosquitto_pub(broker, wire.topic("0000000c", "readings"), payload)
-        wait_for(lambda: col.metrics.get("kerbside_rejected_total", reason="unknown_device") == 1, 10, "rejection")
-        wait_for(lambda: col.idle(), 10, "flush")
+        wait_for(lambda: col.metrics.get("kerbside_rejected_total", reason="unknown_device") == 1, "rejection", 10)
+        wait_for(lambda: col.idle(), "flush", 10)
         r = runner.invoke(app, ["dlq", "list"], env=env)
         assert r.exit_code == 0, r.output
         assert "unknown_device: 1" in r.output and "influx_rejected: 1" in r.output
@@ -48,7 +48,7 @@ def test_list_show_replay_after_registry_fix(tmp_path: Path, broker, influx, inf
         col.devices.check_every_s = 0
         r = runner.invoke(app, ["dlq", "replay", "--reason", "unknown_device"], env=env)
         assert r.exit_code == 0, r.output
-        wait_for(lambda: len(influx.points("air", "WHERE device='0000000c'")) == 3, 10, "replayed readings")
+        wait_for(lambda: len(influx.points("air", "WHERE device='0000000c'")) == 3, "replayed readings", 10)
         r = runner.invoke(app, ["dlq", "replay"], env=env)  # the line entry goes straight to InfluxDB
         assert r.exit_code == 0 and "replayed 1 of 1" in r.output, r.output
     assert len(influx.points("air", "WHERE device='0000000a'")) == 1

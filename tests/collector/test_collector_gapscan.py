@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -71,3 +72,33 @@ def test_scan_rejects_a_bad_window(influx) -> None:
     p = subprocess.run([sys.executable, "-m", "kerbside", "gaps", "scan", "--influx", influx.url, "--db", influx.db,
                         "--since", "6 hours"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "use a number with m, h or d" in p.stderr
+
+
+def test_scan_on_the_real_influxd_agrees_with_the_live_tracker(influx) -> None:
+    """The pure comparison (test_collector_gaps_agree.py) once more through InfluxDB: the decoder's own lines in,
+    the scan's queries and records through the real database, a scan after every message."""
+    import random
+
+    from seq_histories import deliver, node, scan_records, tracker_records  # type: ignore[import-not-found]
+
+    from kerbside.collector.decode import decode
+    from kerbside.collector.gaps import SeqTracker
+    from kerbside.collector.gapscan import scan
+    from knode import wire
+
+    rng = random.Random(2024)
+    start = int(time.time()) - 3 * 86400
+    streams = [deliver(node(d, rng, readings=100, start=start), rng) for d in (DEV, "5ca40003")]
+    arrivals = [m for pair in itertools.zip_longest(*streams) for m in pair if m is not None]
+    tracker = SeqTracker()
+    for step, m in enumerate(arrivals):
+        live = tracker_records(tracker.observe(m.device, m.seq, m.count, m.t0, m.period, {}))
+        payload = wire.encode_readings(bytes.fromhex(m.device), m.seq, 1, True, 1, m.t0, m.period, 6,
+                                       [(6, [1, 2, 3, 4, 5, 10000])] * m.count)
+        influx.write(decode(wire.topic(m.device, "readings"), payload, time.time()).lines)
+        records = scan(lambda q: influx.query(q), 7 * 86400)
+        influx.write([r.line() for r in records])
+        assert live == scan_records(records), f"message {step}: {m}"
+    assert tracker.gaps_opened >= 5 and tracker.duplicates > 0 and tracker.missing() > 0
+    stored = influx.query('SELECT "missing" FROM "kerbside_gaps"')  # one point per gap, rewritten as it shrank
+    assert sum(row[1] for row in stored[0]["values"]) == tracker.missing()

@@ -47,7 +47,7 @@ def test_retained_status_and_last_will_drive_online_view(tmp_path: Path, broker,
                       (wire.topic("000000a2", "status"), _status("000000a2", False))], retain=True)
     cfg = make_config(tmp_path, broker, influxd.url, influx.db)
     with InProcess(cfg) as col:
-        wait_for(lambda: len(col.online) == 2, 10, "retained statuses")
+        wait_for(lambda: len(col.online) == 2, "retained statuses", 10)
         code, health = _healthz(cfg.http.port)
         assert code == 200 and health["ok"] is True
         assert health["devices"] == {"online": ["000000a1"], "offline": ["000000a2"]}
@@ -55,8 +55,8 @@ def test_retained_status_and_last_will_drive_online_view(tmp_path: Path, broker,
         assert health["spool"]["batches"] == 0
         # The node's last will fires: it goes offline.
         pub.publish_many([(wire.topic("000000a1", "status"), _status("000000a1", False, dt=5))], retain=True)
-        wait_for(lambda: scrape(cfg.http.port).get('kerbside_device_online{device="000000a1"}') == 0, 10, "offline")
-        wait_for(lambda: len(influx.points("status")) == 3, 10, "status points")
+        wait_for(lambda: scrape(cfg.http.port).get('kerbside_device_online{device="000000a1"}') == 0, "offline", 10)
+        wait_for(lambda: len(influx.points("status")) == 3, "status points", 10)
     pub.close()
 
 
@@ -77,7 +77,7 @@ def test_shared_subscription_splits_load_and_loses_nothing(tmp_path: Path, broke
         pub = Publisher(broker)
         pub.publish_many(msgs)
         pub.close()
-        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), 30, "every reading")
+        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "every reading", 30)
         got_a, got_b = (c.metrics.get("kerbside_messages_total", kind="readings") for c in (ca, cb))
     assert got_a > 0 and got_b > 0
     assert got_a + got_b >= len(msgs)

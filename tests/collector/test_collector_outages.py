@@ -40,13 +40,13 @@ def test_influxd_outage_spools_then_drains(tmp_path: Path, broker) -> None:  # t
         pub.publish_many(msgs[:third])
         db.stop()
         pub.publish_many(msgs[third:2 * third])
-        wait_for(lambda: scrape(cfg.http.port).get("kerbside_spool_batches", 0) > 0, 30, "batches spooled")
+        wait_for(lambda: scrape(cfg.http.port).get("kerbside_spool_batches", 0) > 0, "batches spooled", 30)
         m = scrape(cfg.http.port)
         assert m["kerbside_influx_up"] == 0
         db.start()
         pub.publish_many(msgs[2 * third:])
-        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), 60, "spool drained into InfluxDB")
-        wait_for(lambda: scrape(cfg.http.port)["kerbside_spool_batches"] == 0, 30, "spool empty")
+        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "spool drained into InfluxDB", 60)
+        wait_for(lambda: scrape(cfg.http.port)["kerbside_spool_batches"] == 0, "spool empty", 30)
         m = scrape(cfg.http.port)
         assert m["kerbside_spool_bytes"] == 0
         assert m["kerbside_lines_spooled_total"] > 0
@@ -81,7 +81,7 @@ def test_broker_restart_loses_nothing(tmp_path: Path, broker, influx, influxd) -
         broker.stop()
         broker.start()
         proc = spawn(cfg, log)
-        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), 60, "every reading in InfluxDB")
+        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "every reading in InfluxDB", 60)
         _stop(proc)
     finally:
         if proc.poll() is None:
@@ -100,7 +100,7 @@ def test_full_spool_stops_acking_sigterm_exits_and_nothing_is_lost(tmp_path: Pat
         pub = Publisher(broker)
         pub.publish_many(msgs)
         pub.close()
-        wait_for(lambda: scrape(cfg.http.port).get("kerbside_spool_blocked") == 1, 30, "spool full")
+        wait_for(lambda: scrape(cfg.http.port).get("kerbside_spool_blocked") == 1, "spool full", 30)
         m = scrape(cfg.http.port)
         assert 0 < m["kerbside_spool_bytes"] <= cfg.spool.max_bytes
         assert m["kerbside_unacked_messages"] > 0
@@ -108,8 +108,8 @@ def test_full_spool_stops_acking_sigterm_exits_and_nothing_is_lost(tmp_path: Pat
         assert "not acking, the broker queues meanwhile" in log.read_text()
         db.start()
         proc = spawn(cfg, log)
-        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), 60, "every reading after the spool drained")
-        wait_for(lambda: scrape(cfg.http.port)["kerbside_spool_batches"] == 0, 30, "spool empty")
+        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "every reading after the spool drained", 60)
+        wait_for(lambda: scrape(cfg.http.port)["kerbside_spool_batches"] == 0, "spool empty", 30)
         _stop(proc)
     finally:
         if proc.poll() is None:
@@ -129,12 +129,12 @@ def test_kill9_with_data_in_the_spool_replays_it_after_restart(tmp_path: Path, b
         pub.publish_many(msgs)
         pub.close()
         wait_for(lambda: scrape(cfg.http.port).get("kerbside_unacked_messages", 1) == 0
-                 and scrape(cfg.http.port).get("kerbside_spool_batches", 0) > 0, 30, "everything acked into the spool")
+                 and scrape(cfg.http.port).get("kerbside_spool_batches", 0) > 0, "everything acked into the spool", 30)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         db.start()
         proc = spawn(cfg, log)
-        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), 60, "spooled readings replayed after the crash")
+        wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "spooled readings replayed after the crash", 60)
         _stop(proc)
     finally:
         if proc.poll() is None:

@@ -27,7 +27,7 @@ def test_vectors_land_exactly(tmp_path: Path, broker, influx, influxd, vectors: 
     with InProcess(cfg, clock=lambda: float(now)) as col:
         for i, v in enumerate(delivered, 1):
             mosquitto_pub(broker, v["topic"], bytes.fromhex(v["payload_hex"]))
-            wait_for(lambda i=i: col.metrics.total("kerbside_messages_total") == i and col.idle(), 10, v["name"])
+            wait_for(lambda i=i: col.metrics.total("kerbside_messages_total") == i and col.idle(), v["name"], 10)
             if not v["valid"]:
                 continue
             # Vectors reuse devices and timestamps, so each one is checked alone and then cleared.

@@ -64,6 +64,7 @@ def _client(**kw: object) -> mqtt.MQTTClient:
     return mqtt.MQTTClient(kw.pop("client_id", "00c0ffee"), will=will, timeout=5, **kw)
 
 
+@pytest.mark.services
 def test_qos1_publish_returns_after_puback_and_arrives(mosquitto, sub) -> None:
     s = sub("kerbside/v1/0badcafe/readings")
 
@@ -80,6 +81,7 @@ def test_qos1_publish_returns_after_puback_and_arrives(mosquitto, sub) -> None:
     assert [p[1][0] for p in got] == list(range(20)) and all(len(p[1]) == 100 for p in got)
 
 
+@pytest.mark.services
 def test_last_will_is_published_retained_on_abrupt_disconnect(mosquitto, sub) -> None:
     async def go() -> None:
         c = _client()
@@ -101,6 +103,7 @@ def test_last_will_is_published_retained_on_abrupt_disconnect(mosquitto, sub) ->
         late.close()
 
 
+@pytest.mark.services
 def test_clean_disconnect_sends_no_last_will(mosquitto, sub) -> None:
     s = sub("kerbside/v1/0c1ea000/status")
 
@@ -114,6 +117,7 @@ def test_clean_disconnect_sends_no_last_will(mosquitto, sub) -> None:
     assert s.empty_for(1.0)
 
 
+@pytest.mark.services
 def test_incoming_commands_reach_the_callback(mosquitto) -> None:
     got: list[tuple[str, bytes]] = []
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.services  # mypy runs as a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 SITE = Path(sysconfig.get_paths()["purelib"])
 IGNORED = ("var-annotated", "assignment")  # inference noise, not API misuse

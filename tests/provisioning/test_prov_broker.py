@@ -17,6 +17,8 @@ from kerbside.provisioning import broker, fleet, pki
 from kerbside.provisioning.broker_dir import BrokerDir, write_all
 from kerbside.provisioning.passwd import hash_password, passwd_line, verify_password
 
+pytestmark = pytest.mark.services  # the real mosquitto
+
 A, B, C, D = "0a0a0a01", "0a0a0a02", "0a0a0a03", "0a0a0a04"
 
 

@@ -50,6 +50,7 @@ def secret_on(port: str) -> str:
     return json.loads(raw)["mqtt"]["password"]
 
 
+@pytest.mark.services
 def test_provision_prints_pass_table_and_no_secret(board, depot: Path, standin_dir: Path) -> None:
     args = ["provision", "--port", board.port, "--kit", "traffic", "--site", "Brücke Süd", "--firmware-dir", str(standin_dir),
             "--broker-dir", str(depot / "broker")]
@@ -68,6 +69,7 @@ def test_provision_prints_pass_table_and_no_secret(board, depot: Path, standin_d
     assert device_id in listed.output and "Brücke Süd" in listed.output
 
 
+@pytest.mark.services
 def test_provision_failing_check_exits_1_with_next_step(board, depot: Path) -> None:
     """The shipped firmware's self-test on a board without radio or sensors: config passes, the rest fails."""
     r = runner.invoke(app, ["provision", "-p", board.port, "--kit", "air", "--site", "Depot bench"])
@@ -76,6 +78,7 @@ def test_provision_failing_check_exits_1_with_next_step(board, depot: Path) -> N
     assert r.output.count("no hardware") == 4
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("parallel", [False, True], ids=["in-turn", "parallel"])
 def test_batch_goes_on_after_a_failed_node(depot: Path, standin_dir: Path, micropython, parallel: bool) -> None:
     boards = [start_board(), start_board()]
@@ -109,6 +112,7 @@ def test_batch_rejects_a_malformed_file_before_touching_nodes(depot: Path) -> No
         assert expected in r.output.replace("\n", " ") or expected in " ".join(r.output.split()), r.output
 
 
+@pytest.mark.services
 def test_provision_usage_errors(depot: Path) -> None:
     r = runner.invoke(app, ["provision", "--port", "/dev/null"])
     assert r.exit_code == 2 and "pass --kit and --site" in r.output

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from prov_helpers import WAIT, Refused, connect
 
 from kerbside.provisioning.node_config import NodeSpec, Profile
 from kerbside.provisioning.provision import provision
+
+pytestmark = pytest.mark.services  # the real mosquitto, the MicroPython VM and mpy-cross
 
 
 def test_provisioned_credentials_work_at_the_broker(board, fleet_broker, standin_files, fast_repl) -> None:

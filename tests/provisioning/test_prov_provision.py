@@ -40,6 +40,9 @@ def registry(tmp_path: Path) -> Registry:
     return Registry(tmp_path / "registry.json")
 
 
+NO_FIRMWARE: list = []
+"""For checks that fail before any file is uploaded: nothing to build (mpy-cross is a process)."""
+
 AIR = NodeSpec(kit="air", site="Ringstrasse 12", zone="lez-inner", lat=48.2, lon=16.37)
 
 
@@ -50,6 +53,7 @@ def board_config(port: str, repl_factory) -> dict:
     return json.loads(raw)
 
 
+@pytest.mark.services
 def test_provision_end_to_end(board, registry, profile, firmware_files, fast_repl, ca_file) -> None:
     messages: list[str] = []
     out = provision(board.port, AIR, profile, registry, firmware_files, connect=fast_repl, say=messages.append)
@@ -85,6 +89,7 @@ def test_provision_end_to_end(board, registry, profile, firmware_files, fast_rep
         assert "knode/wire.mpy" in repl.exec("import knode.wire\nprint(knode.wire.__file__)")
 
 
+@pytest.mark.services
 def test_reprovision_keeps_identity_and_skips_unchanged_files(board, registry, profile, standin_files, fast_repl) -> None:
     first = provision(board.port, AIR, profile, registry, standin_files, connect=fast_repl)
     secret = board_config(board.port, fast_repl)["mqtt"]["password"]
@@ -101,6 +106,7 @@ def test_reprovision_keeps_identity_and_skips_unchanged_files(board, registry, p
     assert list(registry.load()) == [first.device_id]
 
 
+@pytest.mark.services
 def test_new_identity_retires_the_old_one(board, registry, profile, standin_files, fast_repl) -> None:
     first = provision(board.port, AIR, profile, registry, standin_files, connect=fast_repl)
     second = provision(board.port, AIR, profile, registry, standin_files, connect=fast_repl, new_identity=True)
@@ -111,6 +117,7 @@ def test_new_identity_retires_the_old_one(board, registry, profile, standin_file
     assert board_config(board.port, fast_repl)["device"] == second.device_id
 
 
+@pytest.mark.services
 def test_reprovision_after_rotation_issues_the_new_credential(board, registry, profile, standin_files, fast_repl) -> None:
     first = provision(board.port, AIR, profile, registry, standin_files, connect=fast_repl)
     old = board_config(board.port, fast_repl)["mqtt"]["password"]
@@ -122,22 +129,18 @@ def test_reprovision_after_rotation_issues_the_new_credential(board, registry, p
     assert verify_password(cfg["mqtt"]["password"], registry.get(first.device_id).password_hash)
 
 
-def test_standin_selftest_passes(board, registry, profile, standin_files, fast_repl) -> None:
-    out = provision(board.port, AIR, profile, registry, standin_files, connect=fast_repl)
-    assert out.ok and [c.ok for c in out.selftest.checks] == [True] * 5
-    assert out.selftest.checks[0].detail == f"{out.device_id} air at Ringstrasse 12"
-
-
-def test_failed_check_shows_in_the_result(board, registry, profile, standin_files, fast_repl) -> None:
-    with fast_repl(board.port) as repl:
-        repl.write_file("/emul/fail_wifi", b"")
-    out = provision(board.port, AIR, profile, registry, standin_files, connect=fast_repl)
-    assert not out.ok
-    assert [c.name for c in out.selftest.failed] == ["wifi"]
+@pytest.mark.services
+def test_failed_check_shows_in_the_result(board, registry, profile, firmware_files, fast_repl) -> None:
+    """The real self-test on a board without radio or sensors: its failures reach the result as the node said them."""
+    out = provision(board.port, AIR, profile, registry, firmware_files, connect=fast_repl)
+    assert not out.ok and out.selftest is not None
+    assert [(c.name, c.detail) for c in out.selftest.failed] == [(n, "no hardware") for n in ("sensors", "wifi", "broker",
+                                                                                           "publish")]
     # The node is provisioned all the same: fixing Wi-Fi and re-running keeps its identity.
     assert registry.get(out.device_id).active
 
 
+@pytest.mark.services
 def test_stale_source_modules_are_removed(board, registry, profile, standin_files, fast_repl) -> None:
     with fast_repl(board.port) as repl:
         repl.write_file("/lib/knode/wire.py", b"raise ImportError('stale source shadows wire.mpy')\n")
@@ -145,12 +148,12 @@ def test_stale_source_modules_are_removed(board, registry, profile, standin_file
     assert out.removed == ["/lib/knode/wire.py"] and out.ok
 
 
-def test_no_repl_on_the_port_is_a_clear_error(registry, profile, standin_files) -> None:
+def test_no_repl_on_the_port_is_a_clear_error(registry, profile) -> None:
     master, slave = os.openpty()  # a serial port with nothing behind it
     tty.setraw(slave)
     try:
         with pytest.raises(ReplError, match=r"no MicroPython REPL on .*kerbside flash"):
-            provision(os.ttyname(slave), AIR, profile, registry, standin_files,
+            provision(os.ttyname(slave), AIR, profile, registry, NO_FIRMWARE,
                       connect=lambda p: RawRepl(p, timeout=0.3, write_pause=0))
     finally:
         os.close(master)
@@ -158,9 +161,9 @@ def test_no_repl_on_the_port_is_a_clear_error(registry, profile, standin_files) 
     assert registry.load() == {}
 
 
-def test_missing_port_is_a_clear_error(registry, profile, standin_files) -> None:
+def test_missing_port_is_a_clear_error(registry, profile) -> None:
     with pytest.raises(ReplError, match=r"cannot open /dev/ttyUSB-nonexistent"):
-        provision("/dev/ttyUSB-nonexistent", AIR, profile, registry, standin_files)
+        provision("/dev/ttyUSB-nonexistent", AIR, profile, registry, NO_FIRMWARE)
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -169,20 +172,21 @@ def test_missing_port_is_a_clear_error(registry, profile, standin_files) -> None
     (NodeSpec(kit="air", site="x", lat=48.0), "both --lat and --lon"),
     (NodeSpec(kit="air", site="x", lat=91.0, lon=0.0), "latitude 91.0"),
 ])
-def test_bad_node_spec_refused_before_touching_the_board(spec, message, registry, profile, standin_files) -> None:
+def test_bad_node_spec_refused_before_touching_the_board(spec, message, registry, profile) -> None:
     with pytest.raises(ConfigError, match=message):
-        provision("/dev/not-opened", spec, profile, registry, standin_files)
+        provision("/dev/not-opened", spec, profile, registry, NO_FIRMWARE)
 
 
-def test_profile_without_broker_or_wifi_refused(registry, standin_files, ca_file) -> None:
+def test_profile_without_broker_or_wifi_refused(registry, ca_file) -> None:
     with pytest.raises(ConfigError, match="no broker host"):
-        provision("/dev/x", AIR, Profile(wifi=[{"ssid": "a", "psk": "12345678"}], ca=ca_file), registry, standin_files)
+        provision("/dev/x", AIR, Profile(wifi=[{"ssid": "a", "psk": "12345678"}], ca=ca_file), registry, NO_FIRMWARE)
     with pytest.raises(ConfigError, match="no Wi-Fi network"):
-        provision("/dev/x", AIR, Profile(host="h", ca=ca_file), registry, standin_files)
+        provision("/dev/x", AIR, Profile(host="h", ca=ca_file), registry, NO_FIRMWARE)
     with pytest.raises(ConfigError, match=r"8\.\.63 characters"):
-        provision("/dev/x", AIR, Profile(host="h", ca=ca_file, wifi=[{"ssid": "a", "psk": "short"}]), registry, standin_files)
+        provision("/dev/x", AIR, Profile(host="h", ca=ca_file, wifi=[{"ssid": "a", "psk": "short"}]), registry, NO_FIRMWARE)
 
 
+@pytest.mark.services
 def test_selftest_crash_is_reported_without_the_secret(board, registry, profile, standin_dir, fast_repl, tmp_path) -> None:
     """Whatever a broken self-test prints, the node's secret and the Wi-Fi key never reach the technician's screen."""
     import shutil
@@ -202,6 +206,7 @@ def test_selftest_crash_is_reported_without_the_secret(board, registry, profile,
     assert secret not in str(e.value) and "depot-wifi-key" not in str(e.value)
 
 
+@pytest.mark.services
 def test_corrupted_upload_never_replaces_the_good_file(board, fast_repl, monkeypatch: pytest.MonkeyPatch) -> None:
     """A transfer whose hash does not match on the board leaves the previous file in place and no .part behind."""
     from kerbside.provisioning.rawrepl import TransferError
@@ -216,6 +221,7 @@ def test_corrupted_upload_never_replaces_the_good_file(board, fast_repl, monkeyp
         assert repl.listdir("/lib/knode") == ["x.mpy"]
 
 
+@pytest.mark.services
 def test_node_from_another_registry_gets_a_new_identity(board, registry, profile, standin_files, fast_repl, tmp_path) -> None:
     other = Registry(tmp_path / "other-depot.json")
     first = provision(board.port, AIR, profile, other, standin_files, connect=fast_repl)

@@ -9,8 +9,6 @@ docs/scaling.md).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,8 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from kerbside.devstack import Mosquitto, free_port
-from kerbside.metrics_scrape import scrape
+from kerbside.devstack import CollectorProcess, Mosquitto, free_port
 from knode import wire
 
 pytestmark = pytest.mark.services
@@ -31,46 +28,15 @@ PER_MESSAGE = 10
 PERIOD = 60
 
 
-class Collector:
-    def __init__(self, n: int, broker: Mosquitto, influx_url: str, db: str, root: Path) -> None:
-        self.n = n
-        self.http = free_port()
-        self.dir = root / f"c{n}"
-        self.cmd = [sys.executable, "-m", "kerbside", "collect", "--mqtt", broker.url, "--influx", influx_url,
-                    "--db", db, "--spool", str(self.dir / "spool")]
-        self.env = {**os.environ, "KERBSIDE_MQTT_GROUP": "collectors", "KERBSIDE_MQTT_CLIENT_ID": f"collector-{n}",
-                    "KERBSIDE_HTTP_PORT": str(self.http), "KERBSIDE_BATCH_INTERVAL_S": "0.2"}
-        self.proc: subprocess.Popen[bytes] | None = None
+def _collector(n: int, broker: Mosquitto, influx_url: str, db: str, root: Path) -> CollectorProcess:
+    return CollectorProcess(f"collector-{n}", root / f"c{n}", free_port(), settings={
+        "mqtt": {"url": broker.url, "group": "collectors", "client_id": f"collector-{n}"},
+        "influx": {"url": influx_url, "db": db}, "spool": {"dir": root / f"c{n}" / "spool"},
+        "batch": {"interval_s": 0.2}})
 
-    def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "collector.log", "ab")  # owned by the child
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = scrape(f"http://127.0.0.1:{self.http}/metrics")
-            if m and m.get("kerbside_mqtt_connected") == 1:
-                return
-            assert self.proc.poll() is None, (self.dir / "collector.log").read_text()[-3000:]
-            time.sleep(0.1)
-        raise AssertionError(f"collector {self.n} did not connect:\n" + (self.dir / "collector.log").read_text()[-3000:])
 
-    def messages(self) -> float:
-        m = scrape(f"http://127.0.0.1:{self.http}/metrics") or {}
-        return m.get("kerbside_messages_total", 0.0)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def _messages(c: CollectorProcess) -> float:
+    return (c.metrics() or {}).get("kerbside_messages_total", 0.0)
 
 
 def _payloads(now: int) -> list[tuple[str, bytes]]:
@@ -88,7 +54,7 @@ def _payloads(now: int) -> list[tuple[str, bytes]]:
 
 def test_three_collectors_split_the_load_and_survive_a_kill(tmp_path: Path, influx) -> None:
     broker = Mosquitto("mosquitto", tmp_path / "broker", free_port()).start()
-    collectors = [Collector(n, broker, influx.url, influx.db, tmp_path) for n in (1, 2, 3)]
+    collectors = [_collector(n, broker, influx.url, influx.db, tmp_path) for n in (1, 2, 3)]
     try:
         for c in collectors:
             c.start()
@@ -105,7 +71,7 @@ def test_three_collectors_split_the_load_and_survive_a_kill(tmp_path: Path, infl
             if i == killed_at:
                 for info in infos:
                     info.wait_for_publish(30)
-                shares_before_kill = [c.messages() for c in collectors]
+                shares_before_kill = [_messages(c) for c in collectors]
                 collectors[1].kill()
         for info in infos:
             info.wait_for_publish(30)
