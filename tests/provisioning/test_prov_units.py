@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kerbside.core.files import atomic_write
 from kerbside.provisioning import batch, broker, node_config, selftest
-from kerbside.provisioning.files import write_private
 from kerbside.provisioning.identity import IdentityError, check_device_id, new_device_id, new_secret
 from kerbside.provisioning.node_config import ConfigError, load_profile
 from kerbside.provisioning.passwd import PasswdError, hash_password, verify_password
@@ -83,7 +83,7 @@ def test_ids_and_secrets() -> None:
 
 
 def test_private_files_are_0600_from_the_start(tmp_path: Path) -> None:
-    path = write_private(tmp_path / "sub" / "secret", "x")
+    path = atomic_write(tmp_path / "sub" / "secret", "x")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "x"
     assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temp file left behind
 
