@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from kerbside.core.settings import Config, child_env
 from kerbside.devstack import LOOPBACK, Influxd, Mosquitto, free_port
 from kerbside.metrics_scrape import scrape
 
@@ -68,6 +68,12 @@ class Demo:
         self.influxd = Influxd("influxd", plan.state / "influxd", free_port(), cq_interval="10s")
         self.http_port = free_port()
         self.registry = plan.state / "registry.json"
+        self.settings = Config()
+        """What the demo's kerbside commands use, whatever settings file or KERBSIDE_* variables the user has."""
+        s = self.settings
+        s.mqtt.url, s.mqtt.client_id = self.broker.url, "kerbside-demo-collector"
+        s.influx.url, s.influx.db, s.influx.unsynced_rp = self.influxd.url, DB, "unsynced"
+        s.spool.dir, s.registry.path, s.http.port = str(plan.state / "collector" / "spool"), str(self.registry), self.http_port
         self.collector: subprocess.Popen[bytes] | None = None
         self.simulating = threading.Event()
         self.events: list[str] = []
@@ -77,8 +83,7 @@ class Demo:
         return [sys.executable, "-m", "kerbside", *args]
 
     def start_collector(self) -> None:
-        env = {**os.environ, "KERBSIDE_INFLUX_UNSYNCED_RP": "unsynced", "KERBSIDE_HTTP_PORT": str(self.http_port),
-               "KERBSIDE_MQTT_CLIENT_ID": "kerbside-demo-collector"}
+        env = child_env(self.settings)
         log = open(self.plan.state / "collector.log", "ab")  # owned by the child
         self.collector = subprocess.Popen(
             self.kerbside("collect", "--mqtt", self.broker.url, "--influx", self.influxd.url, "--db", DB,
@@ -183,7 +188,7 @@ def run(plan: DemoPlan) -> int:
             demo.influxd.start()
             demo.broker.start()
         con.print(f"[green]✓[/] InfluxDB {demo.influxd.url}   Mosquitto {demo.broker.url}   (state in {plan.state})")
-        env = {**os.environ, "KERBSIDE_INFLUX_URL": demo.influxd.url, "KERBSIDE_INFLUX_DB": DB}
+        env = child_env(demo.settings)
         subprocess.run(demo.kerbside("db", "init"), env=env, check=True, stdout=subprocess.DEVNULL)
         con.print("[green]✓[/] database initialised: retention policies and hourly continuous queries")
         fleet = _fleet(demo)

@@ -20,11 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerbside.core.errors import ServiceError
+
 LOOPBACK = "127.0.0.1"
-
-
-class ServiceError(RuntimeError):
-    pass
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from influx_helpers import InfluxHTTP  # noqa: E402
 from mpy import vm  # noqa: E402
+
+# The suite must not read the developer's settings: no KERBSIDE_* variable from the shell, and no settings
+# file from the search path (./kerbside.toml, ~/.config/kerbside, /etc/kerbside). Subprocesses inherit this.
+for _name in [n for n in os.environ if n.startswith("KERBSIDE_")]:
+    del os.environ[_name]
+os.environ["KERBSIDE_CONFIG"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from kerbside.collector.config import Config
 from kerbside.collector.service import Collector
+from kerbside.core.settings import Config, child_env
 from kerbside.devstack import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,11 +65,7 @@ class InProcess:
 
 
 def collector_env(cfg: Config) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERBSIDE_")}
-    for section, values in cfg.as_dict(mask=False).items():
-        for key, value in values.items():
-            env[f"KERBSIDE_{section.upper()}_{key.upper()}"] = str(value)
-    return env
+    return child_env(cfg)
 
 
 def spawn(cfg: Config, log: Path, wait: bool = True) -> subprocess.Popen[bytes]:
