@@ -1,8 +1,12 @@
-"""Start Mosquitto and InfluxDB 1.x as child processes on loopback.
+"""Start Mosquitto and InfluxDB 1.x as child processes on loopback: the development stack, NOT for production.
 
 Used by the test fixtures, the demo and the benchmarks, so that all three run
-against the same real brokers configured the same way: persistence on, queue
-limits raised, loopback only, everything under one state directory.
+against the same real brokers configured the same way, everything under one
+state directory. Mosquitto gets the production durability settings
+(kerbside.provisioning.broker.render_base: persistence, queue and in-flight
+limits) and, added here, only what is dev-specific: anonymous clients on a
+loopback listener, a log file in its state directory. Production brokers are
+configured by `kerbside broker-config`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kerbside.core.errors import ServiceError
+from kerbside.core.settings import MqttConfig
+from kerbside.provisioning.broker import render_base
 
 LOOPBACK = "127.0.0.1"
 
@@ -82,24 +88,9 @@ class Service:
         self.stop(signal.SIGKILL)
 
 
-MOSQUITTO_BASE = """\
-# Written by kerbside; see collector/deploy/mosquitto.conf for production.
-per_listener_settings false
-persistence true
-persistence_location {state}/
-autosave_interval 1
-autosave_on_changes false
-# Defaults drop QoS1 messages for a slow or offline subscriber past 1000: raise.
-max_queued_messages {max_queued}
-max_queued_bytes 0
-max_inflight_messages 100
-persistent_client_expiration 30d
-log_dest file {state}/mosquitto.log
-log_type error
-log_type warning
-log_type notice
-connection_messages true
-listener {port} {host}
+DEV_HEADER = """\
+# kerbside DEVELOPMENT broker (tests, demo, benchmarks): NOT FOR PRODUCTION. Anonymous clients on a
+# loopback listener. Production brokers are configured by `kerbside broker-config`.
 """
 
 
@@ -114,7 +105,8 @@ class Mosquitto(Service):
         return f"mqtt://{LOOPBACK}:{self.port}"
 
     def config(self) -> str:
-        text = MOSQUITTO_BASE.format(state=self.state, port=self.port, host=LOOPBACK, max_queued=self.max_queued)
+        text = (DEV_HEADER + render_base(self.state, self.max_queued, MqttConfig(), log_dest=f"file {self.state}/mosquitto.log")
+                + f"listener {self.port} {LOOPBACK}\n")
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to user "mosquitto", which cannot write a root-owned state
             # directory: persistence would fail silently and a restart would lose queued messages.

@@ -15,6 +15,7 @@ from cryptography import x509
 
 from kerbside.core.files import atomic_write
 from kerbside.core.registry import Device
+from kerbside.core.settings import MqttConfig
 from kerbside.provisioning import broker, pki
 from kerbside.provisioning.identity import new_secret
 from kerbside.provisioning.passwd import hash_password
@@ -110,10 +111,12 @@ def render_auth(d: BrokerDir, devices: dict[str, Device], collector_user: str = 
 
 
 def write_all(d: BrokerDir, devices: dict[str, Device], hosts: list[str], state_dir: Path, tls_port: int = broker.TLS_PORT,
-              plain_port: int = broker.PLAIN_PORT, fleet_size: int | None = None, **tls: Path | None) -> str:
+              plain_port: int = broker.PLAIN_PORT, fleet_size: int | None = None, mqtt: MqttConfig | None = None,
+              **tls: Path | None) -> str:
+    """Everything, for `broker-config`; `mqtt` is the collector's [mqtt] section the broker must serve."""
     done = ensure_tls(d, hosts, **tls)
     render_auth(d, devices)
     n = fleet_size if fleet_size is not None else sum(1 for dev in devices.values() if dev.active)
-    conf = broker.render_conf(d.files, state_dir, broker.queue_limit(n), tls_port, plain_port)
+    conf = broker.render_conf(d.files, state_dir, broker.queue_limit(n), tls_port, plain_port, mqtt=mqtt)
     atomic_write(d.conf, conf, PUBLIC)
     return done

@@ -390,7 +390,7 @@ def broker_config_cmd(
     tls = {"city_ca": b.ca_cert, "city_ca_key": b.ca_key, "server_cert": b.server_cert, "server_key": b.server_key}
     try:
         done = write_all(d, devices, b.hosts, Path(b.state_dir), tls_port=b.tls_port, plain_port=b.plain_port,
-                         fleet_size=fleet, **{k: Path(v) if v else None for k, v in tls.items()})
+                         fleet_size=fleet, mqtt=cfg.mqtt, **{k: Path(v) if v else None for k, v in tls.items()})
     except OSError as e:  # a certificate or key named in the settings is missing, or --out is not writable
         raise ConfigError(str(e)) from e
     active = sum(dev.active for dev in devices.values())
