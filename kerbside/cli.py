@@ -12,6 +12,7 @@ user fixes). Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 import typer
@@ -81,7 +82,12 @@ def config_cmd(
     from kerbside.core import options, settings
 
     cfg = options.load(config)
-    where = cfg.file or f"none (looked for {', '.join(str(p) for p in settings.SEARCH_PATH)})"
+    if cfg.file is not None:
+        where = str(cfg.file)
+    elif settings.ENV_CONFIG in os.environ:
+        where = f"none (${settings.ENV_CONFIG} is set and empty)"
+    else:
+        where = f"none (looked for {', '.join(str(p) for p in settings.SEARCH_PATH)})"
     typer.echo(f"# settings file: {where}\n")
     typer.echo(cfg.to_toml(mask=True, sources=sources), nl=False)
 
