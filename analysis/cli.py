@@ -6,19 +6,23 @@ Heavy imports (pandas, matplotlib, jsonschema) happen inside the commands so
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-InfluxOpt = Annotated[str, typer.Option("--influx", help="InfluxDB 1.x URL.", envvar="KERBSIDE_INFLUX_URL")]
-DbOpt = Annotated[str, typer.Option("--db", help="InfluxDB database the collector writes to.", envvar="KERBSIDE_INFLUX_DB")]
-TzOpt = Annotated[str, typer.Option("--tz", help="IANA time zone for local days (daily means run local midnight to "
-                                                 "midnight, 23/25 h on DST days).")]
-PeriodOpt = Annotated[int, typer.Option("--period", min=1, help="Seconds between readings of a node; sets the readings "
-                                                                "expected per hour for data capture.")]
+from kerbside.core import options
+from kerbside.core.options import ConfigOpt
+
+InfluxOpt = Annotated[str | None, typer.Option("--influx", help="InfluxDB 1.x URL (influx.url).", show_default=False)]
+DbOpt = Annotated[str | None, typer.Option("--db", help="InfluxDB database the collector writes to (influx.db).",
+                                           show_default=False)]
+TzOpt = Annotated[str | None, typer.Option("--tz", help="IANA time zone for local days: daily means run local midnight "
+                                                        "to midnight, 23/25 h on DST days (analysis.tz).", show_default=False)]
+PeriodOpt = Annotated[int | None, typer.Option("--period", min=1, show_default=False,
+                                               help="Seconds between readings of a node; sets the readings expected per "
+                                                    "hour for data capture (node.period).")]
 
 db_app = typer.Typer(help="Database layout (retention policies, continuous queries) and aggregate backfill.",
                      no_args_is_help=True)
@@ -30,24 +34,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(report_app, name="report")
     app.add_typer(export_app, name="export")
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Known analyst mistakes become one-line errors with exit code 2, not tracebacks."""
-    from kerbside.analysis.did import DidError
-    from kerbside.analysis.influx import InfluxError
-    from kerbside.analysis.ngsi_ld import ExportError
-    from kerbside.analysis.query import NoDataError
-    from kerbside.analysis.report import ReportError
-    from kerbside.analysis.timerange import RangeError
-    from kerbside.core.registry import RegistryError
-
-    try:
-        yield
-    except (InfluxError, RangeError, NoDataError, ReportError, DidError, ExportError, RegistryError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _range(first: str | None, last: str | None, tz: str, client):  # type: ignore[no-untyped-def]
@@ -62,8 +48,9 @@ def _range(first: str | None, last: str | None, tz: str, client):  # type: ignor
 
 @db_app.command("init")
 def init_cmd(
-    influx: InfluxOpt = "http://127.0.0.1:8086",
-    db: DbOpt = "kerbside",
+    config: ConfigOpt = None,
+    influx: InfluxOpt = None,
+    db: DbOpt = None,
     raw_duration: str = typer.Option("400d", help="How long raw readings are kept (InfluxQL duration, INF = forever)."),
     agg_duration: str = typer.Option("INF", help="How long hourly aggregates are kept."),
     resample_every: str = typer.Option("5m", help="How often the continuous queries run."),
@@ -83,24 +70,26 @@ def init_cmd(
     from kerbside.analysis.influx import Influx
     from kerbside.analysis.schema import Layout, init_db, init_statements
 
-    layout = Layout(db, raw_duration, agg_duration, resample_every, resample_for)
+    cfg = options.load(config, influx__url=influx, influx__db=db)
+    layout = Layout(cfg.influx.db, raw_duration, agg_duration, resample_every, resample_for)
     if dry_run:
         for stmt in init_statements(layout):
             typer.echo(stmt + ";")
         return
-    with _errors(), Influx(influx, db) as client:
+    with Influx(cfg.influx.url, cfg.influx.db) as client:
         for stmt in init_db(client, layout):
             typer.echo(f"ok  {stmt[:110]}{'…' if len(stmt) > 110 else ''}")
-    typer.echo(f"database {db} ready on {influx}")
+    typer.echo(f"database {cfg.influx.db} ready on {cfg.influx.url}")
 
 
 @db_app.command("backfill")
 def backfill_cmd(
     first: str = typer.Option(..., "--from", help="First local day to recompute, YYYY-MM-DD."),
     last: str = typer.Option(..., "--to", help="Last local day to recompute (inclusive), YYYY-MM-DD."),
-    influx: InfluxOpt = "http://127.0.0.1:8086",
-    db: DbOpt = "kerbside",
-    tz: TzOpt = "Europe/Brussels",
+    config: ConfigOpt = None,
+    influx: InfluxOpt = None,
+    db: DbOpt = None,
+    tz: TzOpt = None,
 ) -> None:
     """Recompute the hourly aggregates of a range from the raw readings.
 
@@ -115,7 +104,9 @@ def backfill_cmd(
     from kerbside.analysis.schema import backfill
     from kerbside.analysis.timerange import LocalRange, parse_day
 
-    with _errors(), Influx(influx, db) as client, Progress(transient=True) as bar:
+    cfg = options.load(config, influx__url=influx, influx__db=db, analysis__tz=tz)
+    tz = cfg.analysis.tz
+    with Influx(cfg.influx.url, cfg.influx.db) as client, Progress(transient=True) as bar:
         rng = LocalRange(parse_day(first), parse_day(last), tz)
         task = bar.add_task("recomputing hourly aggregates", total=None)
 
@@ -140,10 +131,11 @@ def lez_cmd(
     out: Annotated[Path, typer.Option("--out", help="Directory for report.html, PNGs and summary.json.")] = Path("lez-report"),
     first: str = typer.Option(None, "--from", help="First day analysed (default: first day with data)."),
     last: str = typer.Option(None, "--to", help="Last day analysed, inclusive (default: last day with data)."),
-    influx: InfluxOpt = "http://127.0.0.1:8086",
-    db: DbOpt = "kerbside",
-    tz: TzOpt = "Europe/Brussels",
-    period: PeriodOpt = 60,
+    config: ConfigOpt = None,
+    influx: InfluxOpt = None,
+    db: DbOpt = None,
+    tz: TzOpt = None,
+    period: PeriodOpt = None,
     n_boot: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the DiD interval."),
     block_days: int = typer.Option(1, "--block-days", min=1, help="Bootstrap block length in days; use 7 for series "
                                                                   "of several months (day-to-day autocorrelation)."),
@@ -158,9 +150,10 @@ def lez_cmd(
     from kerbside.analysis.report import ReportSpec, build
     from kerbside.analysis.timerange import parse_day
 
-    with _errors(), Influx(influx, db) as client:
-        rng = _range(first, last, tz, client)
-        spec = ReportSpec(zone, parse_day(before), parse_day(after), rng, period, n_boot, block_days)
+    cfg = options.load(config, influx__url=influx, influx__db=db, analysis__tz=tz, node__period=period)
+    with Influx(cfg.influx.url, cfg.influx.db) as client:
+        rng = _range(first, last, cfg.analysis.tz, client)
+        spec = ReportSpec(zone, parse_day(before), parse_day(after), rng, cfg.node.period, n_boot, block_days)
         summary = build(client, spec, out, progress=lambda s: typer.echo(f"… {s}", err=True))
     no2 = summary["did"].get("no2")
     if no2:
@@ -173,17 +166,18 @@ def lez_cmd(
 def ngsi_ld_cmd(
     first: str = typer.Option(None, "--from", help="First local day (default: last day with data)."),
     last: str = typer.Option(None, "--to", help="Last local day, inclusive (default: last day with data)."),
-    registry: Annotated[Path, typer.Option("--registry", help="Device registry (lat/lon, site).")] = Path(
-        "kerbside-registry.json"),
+    registry: Annotated[Path | None, typer.Option("--registry", show_default=False, help="Device registry with lat/lon "
+                                                  "and site (registry.path; default ./kerbside-registry.json).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Directory for the .jsonld files, one per entity type.")] = Path(
         "ngsi-ld"),
     current: bool = typer.Option(False, "--current", help="Only the latest hour per device, with stable ids (a live "
                                                           "digital twin) instead of one entity per hour."),
     broker: str = typer.Option(None, "--broker", help="Also upsert to this NGSI-LD broker, e.g. http://orion-ld:1026."),
-    influx: InfluxOpt = "http://127.0.0.1:8086",
-    db: DbOpt = "kerbside",
-    tz: TzOpt = "Europe/Brussels",
-    period: PeriodOpt = 60,
+    config: ConfigOpt = None,
+    influx: InfluxOpt = None,
+    db: DbOpt = None,
+    tz: TzOpt = None,
+    period: PeriodOpt = None,
 ) -> None:
     """Hourly AirQualityObserved and TrafficFlowObserved entities (FIWARE Smart Data Models) as NGSI-LD JSON-LD.
 
@@ -196,10 +190,14 @@ def ngsi_ld_cmd(
     from kerbside.analysis.influx import Influx
     from kerbside.core.registry import Registry
 
-    with _errors(), Influx(influx, db) as client:
-        devices = Registry(registry).load()
+    cfg = options.load(config, influx__url=influx, influx__db=db, analysis__tz=tz, node__period=period,
+                       registry__path=registry)
+    tz = cfg.analysis.tz
+    with Influx(cfg.influx.url, cfg.influx.db) as client:
+        reg = cfg.registry.or_default()
+        devices = Registry(reg).load()
         if not devices:
-            raise ngsi_ld.ExportError(f"registry {registry} is missing or empty; pass --registry with the file "
+            raise ngsi_ld.ExportError(f"registry {reg} is missing or empty; pass --registry with the file "
                                       "provisioning writes")
         if first is None and last is None:
             from kerbside.analysis import query
@@ -207,7 +205,7 @@ def ngsi_ld_cmd(
             end = query.span(client, tz)
             first = last = str(end.last)
         rng = _range(first, last, tz, client)
-        ents = ngsi_ld.build(client, rng, devices, period, current)
+        ents = ngsi_ld.build(client, rng, devices, cfg.node.period, current)
         for p in ngsi_ld.write_files(ents, out):
             typer.echo(f"wrote {p}")
         if broker:

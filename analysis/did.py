@@ -22,8 +22,10 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from kerbside.core.errors import AnalysisError
 
-class DidError(ValueError):
+
+class DidError(AnalysisError, ValueError):
     pass
 
 

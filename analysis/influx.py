@@ -12,12 +12,16 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from kerbside.core import errors
+
 DEFAULT_URL = "http://127.0.0.1:8086"
 DEFAULT_DB = "kerbside"
 
 
-class InfluxError(RuntimeError):
-    pass
+class InfluxError(errors.InfluxError, RuntimeError):
+    """For an analyst an unreachable or refusing InfluxDB is mostly a wrong --influx/--db: exit 2, like bad input."""
+
+    exit_code = 2
 
 
 def quote_ident(name: str) -> str:

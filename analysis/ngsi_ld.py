@@ -28,6 +28,7 @@ from kerbside.analysis.influx import Influx, quote_ident
 from kerbside.analysis.ngsi_ld_schema import errors
 from kerbside.analysis.schema import AGG_RP
 from kerbside.analysis.timerange import LocalRange
+from kerbside.core.errors import AnalysisError
 from kerbside.core.registry import Device
 
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
@@ -46,7 +47,7 @@ LANE = {"in": "forward", "out": "backward"}
 VEHICLE_TYPE = {"motorcycle": "motorcycle", "car": "car", "van": "van", "heavy": "lorry"}
 
 
-class ExportError(RuntimeError):
+class ExportError(AnalysisError, RuntimeError):
     pass
 
 

@@ -22,13 +22,14 @@ from kerbside.analysis.influx import Influx, quote_ident, quote_str
 from kerbside.analysis.limits import POLLUTANTS, capture_rules, limits
 from kerbside.analysis.schema import AGG_RP, RAW_RP
 from kerbside.analysis.timerange import LocalRange
+from kerbside.core.errors import AnalysisError
 
 EPS = 1e-9
 TAGS = ("device", "site", "zone", "kit")
 TRAFFIC_CLASSES = ("motorcycle", "car", "van", "heavy")
 
 
-class NoDataError(LookupError):
+class NoDataError(AnalysisError, LookupError):
     pass
 
 

@@ -26,11 +26,12 @@ from kerbside.analysis.did import DidError, DidResult, check_periods, did
 from kerbside.analysis.influx import Influx
 from kerbside.analysis.limits import POLLUTANTS, capture_rules, limit
 from kerbside.analysis.timerange import LocalRange
+from kerbside.core.errors import AnalysisError
 
 LABEL = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2"}
 
 
-class ReportError(ValueError):
+class ReportError(AnalysisError, ValueError):
     pass
 
 

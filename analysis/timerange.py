@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from kerbside.core.errors import AnalysisError
+
 DEFAULT_TZ = "Europe/Brussels"
 
 
-class RangeError(ValueError):
+class RangeError(AnalysisError, ValueError):
     pass
 
 

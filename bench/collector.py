@@ -276,8 +276,7 @@ def main() -> None:
         args.readings, args.live_seconds = 20_000, 3
     with tempfile.TemporaryDirectory(prefix="kerbside-bench-") as tmp:
         work = Path(tmp)
-        extra = "max_inflight_messages 1000\n"
-        broker = Mosquitto("mosquitto", work / "mosquitto", free_port(), extra=extra).start()
+        broker = Mosquitto("mosquitto", work / "mosquitto", free_port()).start()
         influxd = Influxd("influxd", work / "influxd", free_port()).start()
         try:
             Influx(influxd.url, "").query('CREATE DATABASE "ceiling"')

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from kerbside.core.options import ConfigOpt
+
 
 def decode_cmd(
     topic: str = typer.Option(..., "--topic", "-t", help="MQTT topic the payload came on: kerbside/v1/<id>/readings."),
@@ -44,19 +46,10 @@ def decode_cmd(
         typer.echo(line)
 
 
-_CONFIG_HELP = ("TOML config (documented example: collector/deploy/collector.toml). "
-                "Environment KERBSIDE_<SECTION>_<KEY> overrides it.")
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help=_CONFIG_HELP)]
+def _settings(config: Path | None, **flags: object):  # type: ignore[no-untyped-def]
+    from kerbside.core import options
 
-
-def _load_config(config: Path | None, overrides: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
-    from kerbside.collector.config import ConfigError, load
-
-    try:
-        return load(config, overrides=overrides)
-    except ConfigError as e:
-        typer.echo(f"config error: {e}", err=True)
-        raise typer.Exit(2) from None
+    return options.load(config, **flags)
 
 
 def collect_cmd(
@@ -81,6 +74,8 @@ def collect_cmd(
       kerbside collect --mqtt mqtt://127.0.0.1:1883 --influx http://127.0.0.1:8086 --db kerbside --spool ./spool
 
       KERBSIDE_BATCH_LINES=2000 kerbside collect -c collector.toml --print-config
+
+    Every setting is in docs/configuration.md; `kerbside config` shows where each value comes from.
     """
     import json
     import os
@@ -88,20 +83,21 @@ def collect_cmd(
     import threading
 
     from kerbside.collector import logs
-    from kerbside.collector.influx import InfluxAuthError
     from kerbside.collector.service import Collector
+    from kerbside.core.errors import KerbsideError, StorageError
 
-    cfg = _load_config(config, {"mqtt.url": mqtt, "influx.url": influx, "influx.db": db, "spool.dir": spool,
-                                "registry.path": registry, "log.json": log_json})
+    cfg = _settings(config, mqtt__url=mqtt, influx__url=influx, influx__db=db, spool__dir=spool,
+                    registry__path=registry, log__json=log_json)
     if print_config:
         typer.echo(json.dumps(cfg.as_dict(mask=True), indent=2))
         return
     logs.setup(cfg.log.json, cfg.log.level)
     try:
         collector = Collector(cfg)
-    except (OSError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    except KerbsideError:
+        raise
+    except OSError as e:  # spool, state or dead-letter directory not creatable or not readable
+        raise StorageError(str(e)) from e
 
     def on_signal(signum: int, frame: object) -> None:
         collector.stop()
@@ -112,9 +108,8 @@ def collect_cmd(
     signal.signal(signal.SIGINT, on_signal)
     try:
         collector.run()
-    except InfluxAuthError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    except KerbsideError:
+        raise
     except OSError as e:
         typer.echo(f"error: {e} (is the port for /metrics free? set http.port)", err=True)
         raise typer.Exit(1) from None
@@ -132,7 +127,7 @@ dlq_app = typer.Typer(help="Dead-letter store: messages and lines the collector 
 def _dlq(config: Path | None):  # type: ignore[no-untyped-def]
     from kerbside.collector.dlq import DeadLetters
 
-    cfg = _load_config(config)
+    cfg = _settings(config)
     return cfg, DeadLetters(cfg.dlq_dir)
 
 
@@ -178,11 +173,7 @@ def dlq_show(
     from kerbside.collector.decode import Rejected, decode
 
     _, store = _dlq(config)
-    try:
-        e = store.get(entry_id)
-    except KeyError as err:
-        typer.echo(f"error: {err.args[0]}; see kerbside dlq list", err=True)
-        raise typer.Exit(1) from None
+    e = store.get(entry_id)
     typer.echo(f"id:      {e.id}")
     typer.echo(f"time:    {datetime.datetime.fromtimestamp(e.time, datetime.UTC).isoformat()}")
     typer.echo(f"reason:  {e.reason}")
@@ -302,7 +293,7 @@ def gaps_scan(
 
     from kerbside.collector.gapscan import scan
 
-    cfg = _load_config(config, {"influx.url": influx, "influx.db": db})
+    cfg = _settings(config, influx__url=influx, influx__db=db)
     units = {"m": 60, "h": 3600, "d": 86400}
     try:
         since_s = int(float(since[:-1]) * units[since[-1]])

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import cbor2
 
 from kerbside.collector import contract as c
+from kerbside.core.errors import ContractError
 
 _NS = 1_000_000_000
 
 
-class Rejected(Exception):
+class Rejected(ContractError):
     """A message the collector must dead-letter, with the reason it gives operators."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

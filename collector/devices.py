@@ -25,7 +25,10 @@ class DeviceTags:
         self._devices: dict[str, Device] = {}
         self._mtime: float | None = None
         self._checked = 0.0
-        if self.registry is not None:
+        if self.registry is None:
+            log.warning("registry.path is not set: every device is accepted and tagged only with its id "
+                        "(set registry.path or KERBSIDE_REGISTRY_PATH to the file provisioning writes)")
+        else:
             if not self.registry.path.exists():
                 log.warning("registry %s does not exist: every device is rejected as unknown_device until provisioning "
                             "writes it (dead letters can be replayed). Unset registry.path to accept all devices.",

@@ -17,8 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kerbside.core.errors import StorageError
+
 LINE_TOPIC = ""
 """Topic of an entry holding an InfluxDB line (reason influx_rejected) rather than an MQTT payload."""
+
+
+class NoSuchEntry(StorageError, LookupError):
+    """No dead letter, or more than one, matches the id (prefix) asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,5 +108,6 @@ class DeadLetters:
     def get(self, prefix: str) -> Entry:
         hits = [e for e in self.entries(include_replayed=True) if e.id.startswith(prefix)]
         if len(hits) != 1:
-            raise KeyError(f"{len(hits)} entries match {prefix!r}" + (" (give more of the id)" if hits else ""))
+            raise NoSuchEntry(f"{len(hits)} entries match {prefix!r}" + (" (give more of the id)" if hits else "")
+                              + "; see kerbside dlq list")
         return hits[0]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kerbside.collector.decode import escape_tag
+from kerbside.core.errors import StorageError
+from kerbside.core.files import atomic_write
 
 _NS = 1_000_000_000
 MAX_OPEN_GAPS = 1000
@@ -148,7 +150,7 @@ class SeqTracker:
             self._cuts = int(doc.get("cut", 0))
             self._apply(doc["devices"])
         except (ValueError, KeyError, TypeError) as e:
-            raise RuntimeError(f"{self.path} is corrupt ({e}); move it aside to start sequence tracking afresh") from e
+            raise StorageError(f"{self.path} is corrupt ({e}); move it aside to start sequence tracking afresh") from e
         if self.journal.exists():
             good = 0
             data = self.journal.read_bytes()
@@ -192,12 +194,7 @@ class SeqTracker:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if '"full":true' in state[:40]:
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                f.write(state)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            atomic_write(self.path, state)
             # entries up to this cut are in the file now; a crash before the truncate leaves older ones,
             # which _load skips by their cut number
             with open(self.journal, "w") as f:

@@ -15,12 +15,13 @@ import logging
 
 import httpx
 
-from kerbside.collector.config import InfluxConfig
+from kerbside.core.errors import InfluxError
+from kerbside.core.settings import InfluxConfig
 
 log = logging.getLogger("kerbside.collector.influx")
 
 
-class InfluxDown(RuntimeError):
+class InfluxDown(InfluxError, RuntimeError):
     """InfluxDB cannot take data right now; the batch must be kept and retried."""
 
 

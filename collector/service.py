@@ -30,7 +30,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from kerbside.collector import batching, contract
-from kerbside.collector.config import Config
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
 from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
@@ -38,6 +37,7 @@ from kerbside.collector.gaps import SeqTracker
 from kerbside.collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
 from kerbside.collector.metrics import Metrics, serve
 from kerbside.collector.spool import Batch, Spool, SpoolFull
+from kerbside.core.settings import Config
 
 log = logging.getLogger("kerbside.collector")
 

@@ -17,6 +17,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from kerbside.core.errors import StorageError
+from kerbside.core.files import atomic_write, fsync_dir
+
 log = logging.getLogger("kerbside.collector.spool")
 
 _HEAD = struct.Struct("<4sII")
@@ -24,7 +27,7 @@ _MAGIC = b"KSP1"
 SEGMENT_BYTES = 16 << 20
 
 
-class SpoolFull(RuntimeError):
+class SpoolFull(StorageError, RuntimeError):
     """The spool reached max_bytes: the caller stops acking so the broker keeps the messages."""
 
 
@@ -70,15 +73,10 @@ class Spool:
         except FileNotFoundError:
             return (self._segments[0] if self._segments else 0), 0
         except (ValueError, KeyError, TypeError) as e:
-            raise RuntimeError(f"{self._cursor_path} is corrupt ({e}); move the spool dir aside and restart") from e
+            raise StorageError(f"{self._cursor_path} is corrupt ({e}); move the spool dir aside and restart") from e
 
     def _write_cursor(self) -> None:
-        tmp = self._cursor_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"segment": self._head, "offset": self._offset}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._cursor_path)
+        atomic_write(self._cursor_path, json.dumps({"segment": self._head, "offset": self._offset}))
 
     def _repair_tail(self, seg: int) -> None:
         path = self._path(seg)
@@ -91,7 +89,7 @@ class Spool:
                 if pos + _HEAD.size + length < len(data):
                     # More data follows: not a torn append but damage to records that were acked. Cutting
                     # here would drop every later batch too, so stop and let the operator decide.
-                    raise RuntimeError(f"spool record at {path}:{pos} is corrupt and not the last one; move the spool "
+                    raise StorageError(f"spool record at {path}:{pos} is corrupt and not the last one; move the spool "
                                        "dir aside and restart (its later batches can be recovered from the file)")
                 break
             pos += _HEAD.size + length
@@ -151,11 +149,7 @@ class Spool:
             self._head, self._offset = seg, 0
             self._write_cursor()
         self._fd = os.open(self._path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.dir)
 
     def peek(self) -> Batch | None:
         """The oldest batch, or None when the spool is empty."""
@@ -170,7 +164,7 @@ class Spool:
                     magic, length, crc = _HEAD.unpack(head)
                     body = f.read(length)
                     if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
-                        raise RuntimeError(f"spool record at {self._path(seg)}:{self._offset} is corrupt")
+                        raise StorageError(f"spool record at {self._path(seg)}:{self._offset} is corrupt")
                     rp, _, text = body.decode().partition("\n")
                     return Batch(rp, text.split("\n") if text else [])
             if len(self._segments) == 1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from kerbside.core.settings import Config, child_env
 from kerbside.devstack import LOOPBACK, CollectorProcess, Influxd, Mosquitto, free_port
 
 DB = "kerbside"
@@ -66,10 +66,13 @@ class Demo:
         self.influxd = Influxd("influxd", plan.state / "influxd", free_port(), cq_interval="10s")
         self.http_port = free_port()
         self.registry = plan.state / "registry.json"
-        self.collector = CollectorProcess("collector", plan.state, self.http_port, settings={
-            "mqtt": {"url": self.broker.url, "client_id": "kerbside-demo-collector"},
-            "influx": {"url": self.influxd.url, "db": DB, "unsynced_rp": "unsynced"},
-            "spool": {"dir": plan.state / "collector" / "spool"}, "registry": {"path": self.registry}})
+        self.settings = Config()
+        """What the demo's kerbside commands use, whatever settings file or KERBSIDE_* variables the user has."""
+        s = self.settings
+        s.mqtt.url, s.mqtt.client_id = self.broker.url, "kerbside-demo-collector"
+        s.influx.url, s.influx.db, s.influx.unsynced_rp = self.influxd.url, DB, "unsynced"
+        s.spool.dir, s.registry.path, s.http.port = str(plan.state / "collector" / "spool"), str(self.registry), self.http_port
+        self.collector = CollectorProcess("collector", plan.state, self.http_port, settings=self.settings)
         self.simulating = threading.Event()
         self.events: list[str] = []
 
@@ -163,7 +166,7 @@ def run(plan: DemoPlan) -> int:
             demo.influxd.start()
             demo.broker.start()
         con.print(f"[green]✓[/] InfluxDB {demo.influxd.url}   Mosquitto {demo.broker.url}   (state in {plan.state})")
-        env = {**os.environ, "KERBSIDE_INFLUX_URL": demo.influxd.url, "KERBSIDE_INFLUX_DB": DB}
+        env = child_env(demo.settings)
         subprocess.run(demo.kerbside("db", "init"), env=env, check=True, stdout=subprocess.DEVNULL)
         con.print("[green]✓[/] database initialised: retention policies and hourly continuous queries")
         fleet = _fleet(demo)

@@ -2,9 +2,12 @@
 
 NOT FOR PRODUCTION: anonymous MQTT, no TLS, no auth on InfluxDB. It serves the
 test fixtures, the demo and the benchmarks, so that all three run against the
-same real services started the same way: persistence on, queue limits raised,
-loopback only, everything under one state directory. Production brokers and
-collectors are set up from collector/deploy/ (see docs/collector.md).
+same real services started the same way, everything under one state directory.
+Mosquitto gets the production durability settings
+(kerbside.provisioning.broker.render_base: persistence, queue and in-flight
+limits) and, added here, only what is dev-specific: anonymous clients on a
+loopback listener, a log file in its state directory. Production brokers are
+configured by `kerbside broker-config` (docs/collector.md).
 
 Also the one way the dev tools wait for something (wait_for) and read the
 collector's /metrics (scrape_metrics, with prometheus_client's own parser).
@@ -13,6 +16,7 @@ collector's /metrics (scrape_metrics, with prometheus_client's own parser).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import signal
@@ -29,11 +33,12 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kerbside.core.errors import ServiceError
+from kerbside.core.settings import Config, MqttConfig, child_env
+from kerbside.core.settings import load as load_settings
+from kerbside.provisioning.broker import render_base
+
 LOOPBACK = "127.0.0.1"
-
-
-class ServiceError(RuntimeError):
-    pass
 
 
 def free_port() -> int:
@@ -136,24 +141,9 @@ class Service:
         self.stop(signal.SIGKILL)
 
 
-MOSQUITTO_BASE = """\
-# Written by kerbside; see collector/deploy/mosquitto.conf for production.
-per_listener_settings false
-persistence true
-persistence_location {state}/
-autosave_interval 1
-autosave_on_changes false
-# Defaults drop QoS1 messages for a slow or offline subscriber past 1000: raise.
-max_queued_messages {max_queued}
-max_queued_bytes 0
-max_inflight_messages 100
-persistent_client_expiration 30d
-log_dest file {state}/mosquitto.log
-log_type error
-log_type warning
-log_type notice
-connection_messages true
-listener {port} {host}
+DEV_HEADER = """\
+# kerbside DEVELOPMENT broker (tests, demo, benchmarks): NOT FOR PRODUCTION. Anonymous clients on a
+# loopback listener. Production brokers are configured by `kerbside broker-config`.
 """
 
 
@@ -168,7 +158,8 @@ class Mosquitto(Service):
         return f"mqtt://{LOOPBACK}:{self.port}"
 
     def config(self) -> str:
-        text = MOSQUITTO_BASE.format(state=self.state, port=self.port, host=LOOPBACK, max_queued=self.max_queued)
+        text = (DEV_HEADER + render_base(self.state, self.max_queued, MqttConfig(), log_dest=f"file {self.state}/mosquitto.log")
+                + f"listener {self.port} {LOOPBACK}\n")
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to user "mosquitto", which cannot write a root-owned state
             # directory: persistence would fail silently and a restart would lose queued messages.
@@ -261,19 +252,6 @@ class Influxd(Service):
         return self
 
 
-def collector_env(settings: Mapping[str, Mapping[str, object]], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment that configures `kerbside collect` with `settings` ({section: {key: value}}) alone.
-
-    Inherited KERBSIDE_* variables are dropped, so a developer's shell cannot change what a test or benchmark runs.
-    """
-    env = {k: v for k, v in (os.environ if inherit is None else inherit).items() if not k.startswith("KERBSIDE_")}
-    for section, values in settings.items():
-        for key, value in values.items():
-            if value is not None:
-                env[f"KERBSIDE_{section.upper()}_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
-
 @dataclass
 class CollectorProcess(Service):
     """`python -m kerbside collect` as a child process, configured through the environment only.
@@ -282,13 +260,24 @@ class CollectorProcess(Service):
     once the broker has accepted its subscriptions, read from its own /metrics.
     """
 
-    settings: dict[str, dict[str, object]] = field(default_factory=dict)
+    settings: Config | Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def config(self) -> Config:
+        """The settings model for the child: a Config as given, or {section: {key: value}} on top of the defaults
+        (no settings file, no KERBSIDE_* variable of the caller's), always with http.port = self.port."""
+        if isinstance(self.settings, Config):
+            cfg = copy.deepcopy(self.settings)
+        else:
+            flat = {f"{sec}.{key}": str(v) if isinstance(v, os.PathLike) else v
+                    for sec, values in self.settings.items() for key, v in values.items()}
+            cfg = load_settings(env={"KERBSIDE_CONFIG": ""}, overrides=flat)
+        cfg.http.port = self.port
+        return cfg
 
     def start(self, wait: bool = True, timeout: float = 30) -> CollectorProcess:
         self.state.mkdir(parents=True, exist_ok=True)
-        settings = {**self.settings, "http": {**self.settings.get("http", {}), "port": self.port}}
         out = open(self.log, "ab")  # owned by the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "kerbside", "collect"], env=collector_env(settings),
+        self.proc = subprocess.Popen([sys.executable, "-m", "kerbside", "collect"], env=child_env(self.config()),
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         if wait:

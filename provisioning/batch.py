@@ -20,7 +20,7 @@ COLUMNS = ("port", "kit", "site", "zone", "lat", "lon")
 REQUIRED = ("kit", "site")
 
 
-class BatchError(ValueError):
+class BatchError(ConfigError):
     pass
 
 

@@ -13,11 +13,15 @@ from pathlib import Path
 
 from cryptography import x509
 
+from kerbside.core.files import atomic_write
 from kerbside.core.registry import Device
+from kerbside.core.settings import MqttConfig
 from kerbside.provisioning import broker, pki
-from kerbside.provisioning.files import write_private, write_public
 from kerbside.provisioning.identity import new_secret
 from kerbside.provisioning.passwd import hash_password
+
+PUBLIC = 0o644
+"""Mode of a new certificate, ACL or config; secrets get atomic_write's 0600. Existing files keep theirs."""
 
 
 @dataclass(frozen=True)
@@ -61,30 +65,30 @@ def ensure_tls(d: BrokerDir, hosts: list[str], city_ca: Path | None = None, city
         if not (server_cert and server_key and city_ca):
             raise pki.PkiError("a city-issued server certificate needs --server-cert, --server-key and --ca-cert together")
         pki.check_ca_pem(city_ca.read_bytes())
-        write_public(f.cafile, city_ca.read_bytes())
-        write_public(f.certfile, server_cert.read_bytes())
-        write_private(f.keyfile, server_key.read_bytes())
+        atomic_write(f.cafile, city_ca.read_bytes(), PUBLIC)
+        atomic_write(f.certfile, server_cert.read_bytes(), PUBLIC)
+        atomic_write(f.keyfile, server_key.read_bytes())
         return "using the city's CA and server certificate"
     if city_ca or city_ca_key:
         if not (city_ca and city_ca_key):
             raise pki.PkiError("to issue the broker certificate from the city's CA give both --ca-cert and --ca-key")
         pki.check_ca_pem(city_ca.read_bytes())
         ca = pki.KeyPair(city_ca.read_bytes(), city_ca_key.read_bytes())
-        write_public(f.cafile, ca.cert_pem)
+        atomic_write(f.cafile, ca.cert_pem, PUBLIC)
         done = "issued the broker certificate from the city's CA"
     elif f.cafile.exists() and d.ca_key.exists():
         ca = pki.KeyPair(f.cafile.read_bytes(), d.ca_key.read_bytes())
         done = "kept the kerbside CA"
     else:
         ca = pki.generate_ca()
-        write_public(f.cafile, ca.cert_pem)
-        write_private(d.ca_key, ca.key_pem)
+        atomic_write(f.cafile, ca.cert_pem, PUBLIC)
+        atomic_write(d.ca_key, ca.key_pem)
         done = f"generated a new kerbside CA ({d.ca_key} is its private key: keep it offline)"
     if f.certfile.exists() and f.keyfile.exists() and _sans(f.certfile.read_bytes()) == set(hosts) and not city_ca:
         return done + ", kept the broker certificate"
     server = pki.issue_server_cert(ca, hosts)
-    write_public(f.certfile, server.cert_pem)
-    write_private(f.keyfile, server.key_pem)
+    atomic_write(f.certfile, server.cert_pem, PUBLIC)
+    atomic_write(f.keyfile, server.key_pem)
     return done + f", issued a broker certificate for {', '.join(hosts)}"
 
 
@@ -95,23 +99,24 @@ def collector_password(d: BrokerDir) -> str:
         if secret:
             return secret
     secret = new_secret()
-    write_private(d.collector_secret, secret + "\n")
+    atomic_write(d.collector_secret, secret + "\n")
     return secret
 
 
 def render_auth(d: BrokerDir, devices: dict[str, Device], collector_user: str = broker.COLLECTOR_USER) -> None:
     """The registry-derived files: what decommission and rotate must refresh."""
     f = d.files
-    write_private(f.password_file, broker.render_passwd(devices.values(), hash_password(collector_password(d)), collector_user))
-    write_public(f.acl_file, broker.render_acl(collector_user))
+    atomic_write(f.password_file, broker.render_passwd(devices.values(), hash_password(collector_password(d)), collector_user))
+    atomic_write(f.acl_file, broker.render_acl(collector_user), PUBLIC)
 
 
 def write_all(d: BrokerDir, devices: dict[str, Device], hosts: list[str], state_dir: Path, tls_port: int = broker.TLS_PORT,
-              plain_port: int = broker.PLAIN_PORT, fleet_size: int | None = None, **tls: Path | None) -> str:
-    d.root.mkdir(parents=True, exist_ok=True)
+              plain_port: int = broker.PLAIN_PORT, fleet_size: int | None = None, mqtt: MqttConfig | None = None,
+              **tls: Path | None) -> str:
+    """Everything, for `broker-config`; `mqtt` is the collector's [mqtt] section the broker must serve."""
     done = ensure_tls(d, hosts, **tls)
     render_auth(d, devices)
     n = fleet_size if fleet_size is not None else sum(1 for dev in devices.values() if dev.active)
-    conf = broker.render_conf(d.files, state_dir, broker.queue_limit(n), tls_port, plain_port)
-    write_public(d.conf, conf)
+    conf = broker.render_conf(d.files, state_dir, broker.queue_limit(n), tls_port, plain_port, mqtt=mqtt)
+    atomic_write(d.conf, conf, PUBLIC)
     return done

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kerbside.core.errors import ProvisioningError
+
 ARCH = "xtensawin"
 """ESP32, ESP32-S2 and ESP32-S3."""
 LIB = "/lib/knode"
@@ -22,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 
 
-class BundleError(RuntimeError):
+class BundleError(ProvisioningError, RuntimeError):
     pass
 
 

@@ -7,7 +7,6 @@ no command ever prints a node secret or a Wi-Fi key.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -17,17 +16,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kerbside.core import options
+from kerbside.core.options import ConfigOpt
+
 console = Console()
 err = Console(stderr=True)
 
-ENV_BROKER_DIR = "KERBSIDE_BROKER_DIR"
-ENV_IMAGE = "KERBSIDE_FIRMWARE_IMAGE"
-
 RegistryOpt = Annotated[Path | None, typer.Option(
-    "--registry", envvar="KERBSIDE_REGISTRY", help="Device registry file (shared with the collector). "
-    "Default ./kerbside-registry.json.", show_default=False)]
+    "--registry", help="Device registry file, shared with the collector (registry.path; default "
+    "./kerbside-registry.json).", show_default=False)]
 BrokerDirOpt = Annotated[Path | None, typer.Option(
-    "--broker-dir", envvar=ENV_BROKER_DIR, help="Broker directory written by `kerbside broker-config`; when given, its "
+    "--broker-dir", help="Broker directory written by `kerbside broker-config` (broker.dir); when set, its "
     "password file is re-rendered right away.", show_default=False)]
 
 
@@ -36,11 +35,14 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _registry(path: Path | None):  # type: ignore[no-untyped-def]
+def _registry(cfg):  # type: ignore[no-untyped-def]
     from kerbside.core.registry import Registry
-    from kerbside.provisioning.fleet import registry_path
 
-    return Registry(registry_path(path))
+    return Registry(cfg.registry.or_default())
+
+
+def _broker_dir(cfg) -> Path | None:  # type: ignore[no-untyped-def]
+    return Path(cfg.broker.dir) if cfg.broker.dir else None
 
 
 def _refresh_broker(broker_dir: Path | None, registry) -> None:  # type: ignore[no-untyped-def]
@@ -61,10 +63,12 @@ def _refresh_broker(broker_dir: Path | None, registry) -> None:  # type: ignore[
 def flash_cmd(
     port: Annotated[str | None, typer.Option("--port", "-p", help="Serial port, e.g. /dev/ttyUSB0. Found automatically "
                                              "when exactly one USB serial device is plugged in.")] = None,
-    firmware: Annotated[Path | None, typer.Option("--firmware", "-f", envvar=ENV_IMAGE, help="MicroPython 1.27 .bin for "
-                                                  "the board (ESP32_GENERIC from micropython.org/download).")] = None,
+    firmware: Annotated[Path | None, typer.Option("--firmware", "-f", help="MicroPython 1.27 .bin for the board, "
+                                                  "ESP32_GENERIC from micropython.org/download (firmware.image).",
+                                                  show_default=False)] = None,
     baud: Annotated[int, typer.Option(help="Fastest baud rate to try; lowered by itself when the USB link is flaky.")] = 460800,
     erase: Annotated[bool, typer.Option(help="Erase the whole flash first (removes any old config and secrets).")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Put MicroPython on a node: detect the chip, erase, write, verify, reset.
 
@@ -73,18 +77,16 @@ def flash_cmd(
 
     Next step: kerbside provision --kit air --site "..."
     """
-    from kerbside.provisioning.flash import FlashError, flash
-    from kerbside.provisioning.ports import PortError, choose
+    from kerbside.provisioning.flash import flash
+    from kerbside.provisioning.ports import choose
 
-    if firmware is None:
-        raise fail(f"which firmware? pass --firmware ESP32_GENERIC-v1.27.0.bin (or set ${ENV_IMAGE}); download it from "
-                   "https://micropython.org/download/ESP32_GENERIC/")
-    try:
-        chosen = choose(port)
-        with console.status(f"flashing {chosen}") as status:
-            done = flash(chosen, firmware, baud=baud, erase=erase, say=lambda m: status.update(m))
-    except (PortError, FlashError) as e:
-        raise fail(str(e), 1) from None
+    cfg = options.load(config, firmware__image=firmware)
+    if not cfg.firmware.image:
+        raise fail("which firmware? pass --firmware ESP32_GENERIC-v1.27.0.bin (or set KERBSIDE_FIRMWARE_IMAGE); download "
+                   "it from https://micropython.org/download/ESP32_GENERIC/")
+    chosen = choose(port)
+    with console.status(f"flashing {chosen}") as status:
+        done = flash(chosen, Path(cfg.firmware.image), baud=baud, erase=erase, say=lambda m: status.update(m))
     console.print(f"[green]PASS[/] {done.chip} on {done.port}: wrote and verified {done.image.name} "
                   f"({done.size // 1024} KiB at {done.offset:#x}, {done.baud} baud).")
     console.print('Next: [bold]kerbside provision --kit air|traffic --site "..."[/]')
@@ -103,24 +105,6 @@ def _selftest_table(out) -> Table:  # type: ignore[no-untyped-def]
     return t
 
 
-def _load_profile(profile: Path | None, broker_host: str | None, broker_port: int | None, ca: Path | None,
-                  wifi_ssid: str | None):  # type: ignore[no-untyped-def]
-    from kerbside.provisioning.node_config import ENV_WIFI_PSK, load_profile
-
-    p = load_profile(profile)
-    if broker_host:
-        p.host = broker_host
-    if broker_port:
-        p.port = broker_port
-    if ca:
-        p.ca = ca
-    if wifi_ssid:
-        p.wifi = [{"ssid": wifi_ssid, "psk": os.environ.get(ENV_WIFI_PSK, "")}] + [w for w in p.wifi if w["ssid"] != wifi_ssid]
-    for w in p.warnings:
-        err.print(f"[yellow]warning:[/] {escape(w)}")
-    return p.check()
-
-
 def provision_cmd(
     kit: Annotated[str | None, typer.Option(help="What the node measures: air or traffic.")] = None,
     site: Annotated[str | None, typer.Option(help="Where it is mounted, as analysts will search for it "
@@ -134,13 +118,14 @@ def provision_cmd(
                                                "a failed node does not stop the rest.")] = None,
     parallel: Annotated[bool, typer.Option(help="With --batch: provision nodes on different ports at the same time "
                                            "(a USB hub full of nodes).")] = False,
-    profile: Annotated[Path | None, typer.Option(envvar="KERBSIDE_PROFILE", help="Depot profile (TOML): Wi-Fi, broker "
-                                                 "address, CA. See docs/provisioning.md.")] = None,
-    broker_host: Annotated[str | None, typer.Option(help="Broker host name nodes dial (overrides the profile).")] = None,
-    broker_port: Annotated[int | None, typer.Option(help="Broker TLS port (overrides the profile).")] = None,
-    ca: Annotated[Path | None, typer.Option(help="CA certificate nodes trust (overrides the profile).")] = None,
-    wifi_ssid: Annotated[str | None, typer.Option(help="Wi-Fi network (overrides the profile); its key is read from "
-                                                  "$KERBSIDE_WIFI_PSK, never from the command line.")] = None,
+    config: ConfigOpt = None,
+    broker_host: Annotated[str | None, typer.Option(help="Broker host name nodes dial (node.broker_host).",
+                                                    show_default=False)] = None,
+    broker_port: Annotated[int | None, typer.Option(help="Broker TLS port (node.broker_port).", show_default=False)] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate nodes trust (node.ca).", show_default=False)] = None,
+    wifi_ssid: Annotated[str | None, typer.Option(help="Wi-Fi network tried first (node.wifi_ssid); its key is read from "
+                                                  "$KERBSIDE_NODE_WIFI_PSK, never from the command line.",
+                                                  show_default=False)] = None,
     new_identity: Annotated[bool, typer.Option(help="Give the node a new id and secret; its old id is decommissioned.")] = False,
     selftest: Annotated[bool, typer.Option(help="Run the on-node self-test (Wi-Fi, broker, first reading).")] = True,
     firmware_dir: Annotated[Path | None, typer.Option(help="Firmware source tree (with knode/ and main.py) to upload "
@@ -150,23 +135,28 @@ def provision_cmd(
 ) -> None:
     """Give a node its identity, config, CA and firmware, then prove it works.
 
-    Safe to re-run: a provisioned node keeps its id and secret, and only changed
-    files are uploaded. Exit status 0 when every self-test check passed, 1 when
-    a node failed, 2 on a usage error.
+    What every node gets (Wi-Fi, broker, CA, timing) is the [node] section of the settings: the depot
+    profile (docs/configuration.md). Safe to re-run: a provisioned node keeps its id and secret, and only
+    changed files are uploaded. Exit status 0 when every self-test check passed, 1 when a node failed,
+    2 on a usage error (nothing was touched).
 
     Example:
 
       kerbside provision --kit air --site "Ringstrasse 12" --zone lez-inner --lat 48.2 --lon 16.37
     """
+    from kerbside.core.errors import ConfigError, KerbsideError
     from kerbside.provisioning import batch as batchmod
-    from kerbside.provisioning.bundle import FIRMWARE, BundleError, build
-    from kerbside.provisioning.node_config import ConfigError, NodeSpec
-    from kerbside.provisioning.ports import PortError, choose
+    from kerbside.provisioning.bundle import FIRMWARE, build
+    from kerbside.provisioning.node_config import NodeSpec, Profile
+    from kerbside.provisioning.ports import choose
     from kerbside.provisioning.provision import provision
 
-    reg = _registry(registry)
+    cfg = options.load(config, registry__path=registry, broker__dir=broker_dir, node__broker_host=broker_host,
+                       node__broker_port=broker_port, node__ca=ca, node__wifi_ssid=wifi_ssid)
+    reg = _registry(cfg)
+    broker_dir = _broker_dir(cfg)
     try:
-        prof = _load_profile(profile, broker_host, broker_port, ca, wifi_ssid)
+        prof = Profile.from_settings(cfg.node).check()
         if batch is not None:
             if kit or site:
                 raise ConfigError("--batch takes kit and site from the CSV; drop --kit/--site")
@@ -178,8 +168,8 @@ def provision_cmd(
             rows = [batchmod.Row(0, choose(port), spec)]
         with console.status("compiling firmware with mpy-cross"):
             firmware = build(firmware_dir or FIRMWARE)
-    except (ConfigError, batchmod.BatchError, PortError, BundleError) as e:
-        raise fail(str(e)) from None
+    except KerbsideError as e:  # no node touched yet: a usage error (exit 2), whatever went wrong
+        raise ConfigError(str(e)) from e
 
     def registered() -> None:
         if broker_dir is not None:
@@ -267,14 +257,10 @@ registry_app = typer.Typer(help="The device registry: list nodes, show one, deco
 def registry_list(
     registry: RegistryOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="Include decommissioned nodes.")] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """List the nodes in the registry (active ones unless --all)."""
-    from kerbside.core.registry import RegistryError
-
-    try:
-        devices = _registry(registry).load()
-    except RegistryError as e:
-        raise fail(str(e)) from None
+    devices = _registry(options.load(config, registry__path=registry)).load()
     t = Table()
     for col in ("id", "kit", "site", "zone", "status", "credential", "updated"):
         t.add_column(col)
@@ -286,9 +272,10 @@ def registry_list(
 
 
 @registry_app.command("show")
-def registry_show(device_id: Annotated[str, typer.Argument(help="8-hex device id.")], registry: RegistryOpt = None) -> None:
+def registry_show(device_id: Annotated[str, typer.Argument(help="8-hex device id.")], registry: RegistryOpt = None,
+                  config: ConfigOpt = None) -> None:
     """Everything the registry knows about one node (the secret itself is never stored, only its hash)."""
-    d = _registry(registry).get(device_id)
+    d = _registry(options.load(config, registry__path=registry)).get(device_id)
     if d is None:
         raise fail(f"{device_id} is not in the registry; `kerbside registry list --all` shows every node", 1)
     t = Table(show_header=False)
@@ -307,24 +294,22 @@ def registry_decommission(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     registry: RegistryOpt = None,
     broker_dir: BrokerDirOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Retire a node for good: the broker refuses it after reload, the collector rejects its data.
 
     The id is never reused. To replace a node at the same site, provision the new
     one with the same --site, then decommission the old id.
     """
-    from kerbside.provisioning.fleet import FleetError, decommission
-    from kerbside.provisioning.identity import IdentityError
+    from kerbside.provisioning.fleet import decommission
 
+    cfg = options.load(config, registry__path=registry, broker__dir=broker_dir)
     if not yes:
         typer.confirm(f"Decommission {device_id}? It cannot be re-activated", abort=True)
-    reg = _registry(registry)
-    try:
-        d = decommission(reg, device_id, reason)
-    except (FleetError, IdentityError) as e:
-        raise fail(str(e), 1) from None
+    reg = _registry(cfg)
+    d = decommission(reg, device_id, reason)
     console.print(f"{d.id} ({escape(d.site)}) decommissioned.")
-    _refresh_broker(broker_dir, reg)
+    _refresh_broker(_broker_dir(cfg), reg)
 
 
 @registry_app.command("rotate")
@@ -332,23 +317,21 @@ def registry_rotate(
     device_id: Annotated[str, typer.Argument(help="8-hex device id.")],
     registry: RegistryOpt = None,
     broker_dir: BrokerDirOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Replace a node's secret: its old one stops working at the next broker reload.
 
     The new secret is not shown; re-provision the node (same command as before,
     it keeps its id) to give it the new one. Until then the broker refuses it.
     """
-    from kerbside.provisioning.fleet import FleetError, rotate
-    from kerbside.provisioning.identity import IdentityError
+    from kerbside.provisioning.fleet import rotate
 
-    reg = _registry(registry)
-    try:
-        d, _secret = rotate(reg, device_id)
-    except (FleetError, IdentityError) as e:
-        raise fail(str(e), 1) from None
+    cfg = options.load(config, registry__path=registry, broker__dir=broker_dir)
+    reg = _registry(cfg)
+    d, _secret = rotate(reg, device_id)
     console.print(f"{d.id} now on credential {d.credential}. Next: plug it in and run "
                   f"[bold]kerbside provision --kit {d.kit} --site \"{escape(d.site)}\"[/] to give it the new secret.")
-    _refresh_broker(broker_dir, reg)
+    _refresh_broker(_broker_dir(cfg), reg)
 
 
 # --- broker-config -----------------------------------------------------------------------------------
@@ -356,45 +339,60 @@ def registry_rotate(
 
 def broker_config_cmd(
     host: Annotated[list[str] | None, typer.Option("--host", help="Name or IP nodes dial; repeat for several. Goes into "
-                                                   "the broker's TLS certificate.")] = None,
-    out: Annotated[Path, typer.Option("--out", envvar=ENV_BROKER_DIR, help="Directory to write config, password file, "
-                                      "ACL and certificates to.")] = Path("broker"),
-    state_dir: Annotated[Path, typer.Option(help="Mosquitto persistence directory.")] = Path("/var/lib/mosquitto"),
-    tls_port: Annotated[int, typer.Option(help="TLS listener for nodes.")] = 8883,
-    plain_port: Annotated[int, typer.Option(help="Loopback-only listener for the collector on the same host.")] = 1883,
-    fleet_size: Annotated[int | None, typer.Option(help="Nodes to size queues for (default: active nodes in the "
-                                                   "registry; give the planned size before a roll-out).")] = None,
-    ca_cert: Annotated[Path | None, typer.Option(help="The city's CA certificate (instead of a kerbside CA).")] = None,
-    ca_key: Annotated[Path | None, typer.Option(help="The city's CA key, to issue the broker certificate from.")] = None,
-    server_cert: Annotated[Path | None, typer.Option(help="A broker certificate the city issued (with --server-key, "
-                                                     "--ca-cert).")] = None,
-    server_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+                                                   "the broker's TLS certificate (broker.hosts).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory to write config, password file, ACL and "
+                                             "certificates to (broker.dir; default ./broker).", show_default=False)] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Mosquitto persistence directory (broker.state_dir).",
+                                                   show_default=False)] = None,
+    tls_port: Annotated[int | None, typer.Option(help="TLS listener for nodes (broker.tls_port).", show_default=False)] = None,
+    plain_port: Annotated[int | None, typer.Option(help="Loopback-only listener for the collector on the same host "
+                                                   "(broker.plain_port).", show_default=False)] = None,
+    fleet_size: Annotated[int | None, typer.Option(help="Nodes to size queues for (broker.fleet_size; default: active "
+                                                   "nodes in the registry; give the planned size before a roll-out).",
+                                                   show_default=False)] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="The city's CA certificate, instead of a kerbside CA "
+                                                 "(broker.ca_cert).", show_default=False)] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="The city's CA key, to issue the broker certificate from "
+                                                "(broker.ca_key).", show_default=False)] = None,
+    server_cert: Annotated[Path | None, typer.Option(help="A broker certificate the city issued, with --server-key and "
+                                                     "--ca-cert (broker.server_cert).", show_default=False)] = None,
+    server_key: Annotated[Path | None, typer.Option(help="Its private key (broker.server_key).", show_default=False)] = None,
     registry: RegistryOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Render the Mosquitto configuration from the registry: TLS, per-node passwords, ACL, queue limits.
 
     Re-run after every provision, decommission or rotation, then reload mosquitto
-    (SIGHUP). The CA, server key and collector secret are kept across runs.
+    (SIGHUP). The CA, server key and collector secret are kept across runs. The
+    broker's in-flight window and session expiry follow the [mqtt] settings of the
+    collector, so give it the collector's settings file.
 
     Example:
 
       kerbside broker-config --host mqtt.city.example --out /etc/mosquitto/kerbside
     """
-    from kerbside.core.registry import RegistryError
+    from kerbside.core.errors import ConfigError
     from kerbside.provisioning import broker
     from kerbside.provisioning.broker_dir import BrokerDir, write_all
-    from kerbside.provisioning.pki import PkiError
 
-    if not host:
+    cfg = options.load(config, broker__hosts=host, broker__dir=out, broker__state_dir=state_dir, broker__tls_port=tls_port,
+                       broker__plain_port=plain_port, broker__fleet_size=fleet_size, broker__ca_cert=ca_cert,
+                       broker__ca_key=ca_key, broker__server_cert=server_cert, broker__server_key=server_key,
+                       registry__path=registry)
+    b = cfg.broker
+    if not b.hosts:
         raise fail("pass --host with the name nodes use to reach the broker (e.g. --host mqtt.city.example); "
-                   "it must match [mqtt] host in the depot profile")
+                   "it must match [node] broker_host in the depot's settings")
+    out = Path(b.dir or "broker")
+    fleet = b.fleet_size or None
     d = BrokerDir(out)
+    devices = _registry(cfg).load()
+    tls = {"city_ca": b.ca_cert, "city_ca_key": b.ca_key, "server_cert": b.server_cert, "server_key": b.server_key}
     try:
-        devices = _registry(registry).load()
-        done = write_all(d, devices, host, state_dir, tls_port=tls_port, plain_port=plain_port, fleet_size=fleet_size,
-                         city_ca=ca_cert, city_ca_key=ca_key, server_cert=server_cert, server_key=server_key)
-    except (RegistryError, PkiError, OSError) as e:
-        raise fail(str(e)) from None
+        done = write_all(d, devices, b.hosts, Path(b.state_dir), tls_port=b.tls_port, plain_port=b.plain_port,
+                         fleet_size=fleet, mqtt=cfg.mqtt, **{k: Path(v) if v else None for k, v in tls.items()})
+    except OSError as e:  # a certificate or key named in the settings is missing, or --out is not writable
+        raise ConfigError(str(e)) from e
     active = sum(dev.active for dev in devices.values())
     t = Table(title=f"Broker config in {out}", title_justify="left")
     t.add_column("file")
@@ -408,7 +406,7 @@ def broker_config_cmd(
                        *(((d.ca_key, "CA private key: move it offline"),) if d.ca_key.exists() else ())):
         t.add_row(str(path), f"{path.stat().st_mode & 0o777:04o}", what)
     console.print(t)
-    console.print(f"{escape(done)}. Queue limit {broker.queue_limit(fleet_size if fleet_size is not None else active)} messages.")
+    console.print(f"{escape(done)}. Queue limit {broker.queue_limit(fleet if fleet is not None else active)} messages.")
     console.print(f"Mosquitto runs as user mosquitto: `chown mosquitto {f.password_file} {f.keyfile}` if you rendered as "
                   f"another user. Then {broker.RELOAD_HINT}.")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from kerbside.core.errors import DeviceError
 from kerbside.provisioning.ports import explain_open_error
 
 ROM_BAUD = 115200
@@ -32,7 +33,7 @@ LINK_ERRORS = ("Serial data stream stopped", "Invalid head of packet", "Timed ou
                "Packet content transfer stopped", "MD5 of file does not match")
 
 
-class FlashError(RuntimeError):
+class FlashError(DeviceError, RuntimeError):
     pass
 
 

@@ -9,23 +9,15 @@ never be attributed to a new node.
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
 
+from kerbside.core.errors import ProvisioningError
 from kerbside.core.registry import ACTIVE, DECOMMISSIONED, Device, Registry
 from kerbside.provisioning.identity import check_device_id, new_secret
 from kerbside.provisioning.passwd import hash_password
 
-ENV_REGISTRY = "KERBSIDE_REGISTRY"
-DEFAULT_REGISTRY = Path("kerbside-registry.json")
 
-
-class FleetError(RuntimeError):
+class FleetError(ProvisioningError, RuntimeError):
     pass
-
-
-def registry_path(explicit: Path | None = None) -> Path:
-    return explicit or Path(os.environ.get(ENV_REGISTRY, DEFAULT_REGISTRY))
 
 
 def now_iso() -> str:

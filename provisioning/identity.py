@@ -11,12 +11,13 @@ import secrets
 from collections.abc import Container
 
 from kerbside.collector.contract import DEVICE_RE
+from kerbside.core.errors import ProvisioningError
 
 SECRET_BYTES = 24
 """192 bits: out of reach of offline guessing even with a cheap password hash."""
 
 
-class IdentityError(RuntimeError):
+class IdentityError(ProvisioningError, RuntimeError):
     pass
 
 

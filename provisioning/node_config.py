@@ -1,106 +1,74 @@
 """The node's /config.json and the depot profile it is built from.
 
-The depot profile holds what is the same for every node a depot provisions
-(Wi-Fi networks, broker address, CA, timing) so a technician types only what
-differs per node: kit and site. It holds Wi-Fi keys, so it should be 0600;
-the node secret never goes into it.
+The depot profile is what is the same for every node a depot provisions (Wi-Fi
+networks, broker address, CA, timing), so a technician types only what differs
+per node: kit and site. It is the [node] section of the settings
+(kerbside.core.settings.NodeConfig, docs/configuration.md); `Profile` is that
+section resolved for one run (networks merged, CA as a path) and checked. It
+holds Wi-Fi keys; the node secret never goes into it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import stat
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kerbside.core.errors import ConfigError
 from kerbside.core.registry import KITS
+from kerbside.core.settings import NodeConfig
 
 CONFIG_PATH = "/config.json"
 CA_PATH = "/ca.pem"
-ENV_PROFILE = "KERBSIDE_PROFILE"
-ENV_WIFI_PSK = "KERBSIDE_WIFI_PSK"
 FORMAT_VERSION = 1
-
-
-class ConfigError(ValueError):
-    pass
+_DEFAULT = NodeConfig()
 
 
 @dataclass
 class Profile:
-    """Settings shared by every node of a depot; see docs/provisioning.md for the file format."""
+    """Settings shared by every node of a depot, ready to write; defaults are the [node] section's."""
 
     wifi: list[dict[str, str]] = field(default_factory=list)
-    host: str = ""
-    port: int = 8883
-    tls: bool = True
+    host: str = _DEFAULT.broker_host
+    port: int = _DEFAULT.broker_port
+    tls: bool = _DEFAULT.tls
     ca: Path | None = None
-    keepalive: int = 60
-    ntp: list[str] = field(default_factory=lambda: ["pool.ntp.org"])
-    period: int = 60
-    sample: int = 10
-    status_every: int = 300
-    warnings: list[str] = field(default_factory=list)
+    keepalive: int = _DEFAULT.keepalive
+    ntp: list[str] = field(default_factory=lambda: list(_DEFAULT.ntp))
+    period: int = _DEFAULT.period
+    sample: int = _DEFAULT.sample
+    status_every: int = _DEFAULT.status_every
+
+    @classmethod
+    def from_settings(cls, node: NodeConfig) -> Profile:
+        """The [node] section for one run: --wifi-ssid's network (key from node.wifi_psk) first, then node.wifi."""
+        wifi = [dict(w) for w in node.wifi]
+        if node.wifi_ssid:
+            wifi = [{"ssid": node.wifi_ssid, "psk": node.wifi_psk}] + [w for w in wifi if w.get("ssid") != node.wifi_ssid]
+        return cls(wifi=[{"ssid": w.get("ssid", ""), "psk": w.get("psk", "")} for w in wifi], host=node.broker_host,
+                   port=node.broker_port, tls=node.tls, ca=Path(node.ca) if node.ca else None, keepalive=node.keepalive,
+                   ntp=list(node.ntp), period=node.period, sample=node.sample, status_every=node.status_every)
 
     def check(self) -> Profile:
         if not self.host:
-            raise ConfigError("no broker host: set [mqtt] host in the depot profile or pass --broker-host")
+            raise ConfigError("no broker host: set [node] broker_host in the settings or pass --broker-host")
         if not self.wifi:
-            raise ConfigError("no Wi-Fi network: add a [[wifi]] entry to the depot profile or pass --wifi-ssid "
-                              f"(with the key in ${ENV_WIFI_PSK})")
+            raise ConfigError("no Wi-Fi network: add a [[node.wifi]] entry to the settings or pass --wifi-ssid "
+                              "(with the key in $KERBSIDE_NODE_WIFI_PSK)")
         for w in self.wifi:
             if not w.get("ssid"):
-                raise ConfigError("every [[wifi]] entry needs an ssid")
+                raise ConfigError("every [[node.wifi]] entry needs an ssid")
             if len(w.get("psk", "")) not in range(8, 64) and w.get("psk", "") != "":
                 raise ConfigError(f"Wi-Fi key for {w['ssid']!r} must be 8..63 characters (WPA2) or empty (open network)")
         if self.tls and self.ca is None:
-            raise ConfigError("TLS needs the broker's CA certificate: set [mqtt] ca in the profile or pass --ca "
+            raise ConfigError("TLS needs the broker's CA certificate: set [node] ca in the settings or pass --ca "
                               "(broker-config writes it as ca.pem)")
         if self.ca is not None and not self.ca.is_file():
             raise ConfigError(f"CA certificate {self.ca} not found")
         if not 1 <= self.sample <= self.period:
             raise ConfigError(f"sample interval {self.sample} s must be between 1 s and the period {self.period} s")
         return self
-
-
-def load_profile(path: Path | None) -> Profile:
-    """Read a depot profile (TOML); no path and no $KERBSIDE_PROFILE means an empty profile."""
-    path = path or (Path(os.environ[ENV_PROFILE]) if os.environ.get(ENV_PROFILE) else None)
-    if path is None:
-        return Profile()
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"depot profile {path} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"depot profile {path} is not valid TOML: {e}") from e
-    p = Profile()
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        p.warnings.append(f"{path} holds Wi-Fi keys but others can read it: chmod 600 {path}")
-    wifi = doc.get("wifi", [])
-    if not isinstance(wifi, list) or not all(isinstance(w, dict) for w in wifi):
-        raise ConfigError(f"{path}: wifi must be a list of [[wifi]] tables with ssid and psk")
-    p.wifi = [{"ssid": str(w.get("ssid", "")), "psk": str(w.get("psk", ""))} for w in wifi]
-    mqtt = doc.get("mqtt", {})
-    node = doc.get("node", {})
-    try:
-        p.host = str(mqtt.get("host", ""))
-        p.port = int(mqtt.get("port", p.port))
-        p.tls = bool(mqtt.get("tls", p.tls))
-        p.keepalive = int(mqtt.get("keepalive", p.keepalive))
-        if mqtt.get("ca"):
-            ca = Path(mqtt["ca"]).expanduser()
-            p.ca = ca if ca.is_absolute() else path.parent / ca
-        p.ntp = [str(s) for s in node.get("ntp", p.ntp)]
-        p.period = int(node.get("period", p.period))
-        p.sample = int(node.get("sample", p.sample))
-        p.status_every = int(node.get("status_every", p.status_every))
-    except (TypeError, ValueError, AttributeError) as e:
-        raise ConfigError(f"{path}: {e}") from e
-    return p
 
 
 @dataclass(frozen=True)

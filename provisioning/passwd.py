@@ -15,12 +15,14 @@ import hashlib
 import hmac
 import os
 
+from kerbside.core.errors import ProvisioningError
+
 ITERATIONS = 1000
 SALT_BYTES = 12
 HASH_BYTES = 64
 
 
-class PasswdError(ValueError):
+class PasswdError(ProvisioningError, ValueError):
     pass
 
 

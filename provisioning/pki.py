@@ -19,12 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kerbside.core.errors import ConfigError
+
 CA_DAYS = 20 * 365
 """Nodes outlive ordinary certificate lifetimes; replacing /ca.pem means visiting every node."""
 SERVER_DAYS = 825
 
 
-class PkiError(ValueError):
+class PkiError(ConfigError):
     pass
 
 

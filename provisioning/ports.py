@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from serial.tools import list_ports
 
+from kerbside.core.errors import DeviceError
 
-class PortError(RuntimeError):
+
+class PortError(DeviceError, RuntimeError):
     pass
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kerbside.core.errors import ProvisioningError
 from kerbside.core.registry import ACTIVE, Device, Registry
 from kerbside.provisioning import node_config, selftest
 from kerbside.provisioning.bundle import LIB, DeviceFile
@@ -27,7 +28,7 @@ SELFTEST_TIMEOUT = 120.0
 Progress = Callable[[str], None]
 
 
-class ProvisionError(RuntimeError):
+class ProvisionError(ProvisioningError, RuntimeError):
     pass
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import serial
 
+from kerbside.core.errors import DeviceError
 from kerbside.provisioning.ports import explain_open_error
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n>"
@@ -59,7 +60,7 @@ def _ks_rm(p):
 """
 
 
-class ReplError(RuntimeError):
+class ReplError(DeviceError, RuntimeError):
     """The board did not behave like a MicroPython REPL."""
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from kerbside.core.errors import DeviceError
+
 MARKER = "KS_SELFTEST "
 RUN = "from knode import selftest\nselftest.run()\n"
 EXPECTED_CHECKS = ("config", "sensors", "wifi", "broker", "publish")
 
 
-class SelfTestError(RuntimeError):
+class SelfTestError(DeviceError, RuntimeError):
     pass
 
 

@@ -14,13 +14,14 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerbside.core.errors import SimulatorSignal
 from kerbside.simulator.city import Site
 from kerbside.simulator.clock import VirtualClock
 from knode.drivers import detector, no2, pms, sensirion
 from knode.hal import EPOCH_2000
 
 
-class Reboot(Exception):
+class Reboot(SimulatorSignal):
     """machine.reset() in the simulator: the fleet starts the node again."""
 
 

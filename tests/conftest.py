@@ -6,6 +6,7 @@ process_guard (next to this file) makes the markers mean what they say: outside 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,11 @@ from influx_helpers import InfluxHTTP  # noqa: E402
 from mpy import vm  # noqa: E402
 
 pytest_plugins = ["process_guard", "pytester"]
+# The suite must not read the developer's settings: no KERBSIDE_* variable from the shell, and no settings
+# file from the search path (./kerbside.toml, ~/.config/kerbside, /etc/kerbside). Subprocesses inherit this.
+for _name in [n for n in os.environ if n.startswith("KERBSIDE_")]:
+    del os.environ[_name]
+os.environ["KERBSIDE_CONFIG"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,12 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from kerbside.core.errors import ConfigError
+from kerbside.core.files import atomic_write
 
 FORMAT = "kerbside-registry/1"
 ACTIVE = "active"
@@ -24,8 +26,8 @@ DECOMMISSIONED = "decommissioned"
 KITS = ("air", "traffic")
 
 
-class RegistryError(RuntimeError):
-    pass
+class RegistryError(ConfigError):
+    """The registry file cannot be read as one: the operator fixes (or restores) the file."""
 
 
 @dataclass
@@ -95,16 +97,4 @@ class Registry:
 
     def _write(self, devices: dict[str, Device]) -> None:
         doc = {"format": FORMAT, "devices": {k: asdict(devices[k]) for k in sorted(devices)}}
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name, dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, json.dumps(doc, indent=2, sort_keys=True) + "\n", 0o600)

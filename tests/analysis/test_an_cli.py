@@ -6,17 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from an_broker import Broker
 from typer.testing import CliRunner
 
-from kerbside.analysis.cli import register
+from kerbside.cli import app
 
 
 @pytest.fixture(scope="module")
 def run():  # type: ignore[no-untyped-def]
-    app = typer.Typer()
-    register(app)
+    """The real `kerbside` command: its one KerbsideError handler gives the exit codes and messages."""
     runner = CliRunner()
 
     def invoke(*args: str) -> tuple[int, str]:

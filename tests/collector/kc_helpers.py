@@ -10,10 +10,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from kerbside.collector.config import Config
 from kerbside.collector.service import Collector
+from kerbside.core.settings import Config, child_env
 from kerbside.devstack import CollectorProcess, Mosquitto, free_port, wait_for
-from kerbside.devstack import collector_env as _env
 from kerbside.devstack import scrape_metrics as scrape  # noqa: F401  (the tests' name for it)
 
 
@@ -52,12 +51,12 @@ class InProcess:
 
 
 def collector_env(cfg: Config) -> dict[str, str]:
-    return _env(cfg.as_dict(mask=False))
+    return child_env(cfg)
 
 
 def spawn(cfg: Config, log: Path, wait: bool = True) -> subprocess.Popen[bytes]:
     """`python -m kerbside collect` configured by `cfg` alone, logging to `log`; wait=True: until subscribed."""
-    c = CollectorProcess(log.stem, log.parent, cfg.http.port, settings=cfg.as_dict(mask=False)).start(wait, timeout=20)
+    c = CollectorProcess(log.stem, log.parent, cfg.http.port, settings=cfg).start(wait, timeout=20)
     assert c.proc is not None
     return c.proc
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kerbside.collector import batching
-from kerbside.collector.config import BatchConfig, Config
 from kerbside.collector.service import Collector, Incoming
+from kerbside.core.settings import BatchConfig, Config
 from knode import wire
 
 RULES = BatchConfig(lines=100, interval_s=1.0, max_messages=10, linger_s=0.005)

@@ -9,6 +9,7 @@ import pytest
 
 import kerbside.collector.gaps as gaps
 from kerbside.collector.gaps import MAX_JUMP, SeqTracker
+from kerbside.core.errors import StorageError
 
 T0 = 1_767_225_600
 P = 60
@@ -170,5 +171,5 @@ def test_a_torn_journal_tail_is_cut_and_the_rest_applies(tmp_path: Path) -> None
 
 def test_a_corrupt_state_file_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps({"cut": 3, "devices": {"d": {"hi": 1}}}))
-    with pytest.raises(RuntimeError, match=r"s.json is corrupt .*move it aside"):
+    with pytest.raises(StorageError, match=r"s.json is corrupt .*move it aside"):
         SeqTracker(tmp_path / "s.json")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kerbside.collector.config import Config
 from kerbside.collector.metrics import Metrics, serve
 from kerbside.collector.service import Collector
+from kerbside.core.settings import Config
 from kerbside.devstack import free_port, parse_metrics, scrape_metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ import pytest
 
 import kerbside.collector.spool as spool_mod
 from kerbside.collector.spool import Batch, Spool, SpoolFull, _encode
+from kerbside.core.errors import StorageError
 
 
 def batch(i: int, rp: str = "", n: int = 1) -> Batch:
@@ -120,18 +121,18 @@ def test_damage_before_the_tail_is_an_error_and_cuts_nothing(tmp_path: Path, mon
         data[20] ^= 0xFF  # inside the segment's first record
         seg.write_bytes(bytes(data))
         if seg == last:  # the live segment is checked on open
-            with pytest.raises(RuntimeError, match=r"\.seg:0 is corrupt and not the last one; move the spool dir aside"):
+            with pytest.raises(StorageError, match=r"\.seg:0 is corrupt and not the last one; move the spool dir aside"):
                 Spool(tmp_path, 1 << 20)
             assert seg.read_bytes() == bytes(data)
             data[20] ^= 0xFF
             seg.write_bytes(bytes(data))
     again = Spool(tmp_path, 1 << 20)  # older segments are read when replayed
-    with pytest.raises(RuntimeError, match=r"spool record at .*\.seg:0 is corrupt"):
+    with pytest.raises(StorageError, match=r"spool record at .*\.seg:0 is corrupt"):
         again.peek()
 
 
 def test_a_corrupt_cursor_says_what_to_do(tmp_path: Path) -> None:
     Spool(tmp_path, 1 << 20).append(batch(0))
     (tmp_path / "cursor.json").write_text("{")
-    with pytest.raises(RuntimeError, match=r"cursor\.json is corrupt .*move the spool dir aside"):
+    with pytest.raises(StorageError, match=r"cursor\.json is corrupt .*move the spool dir aside"):
         Spool(tmp_path, 1 << 20)

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kerbside.cli import app
-from kerbside.collector.config import ConfigError, load
 from kerbside.collector.gaps import SeqTracker
 from kerbside.collector.spool import Batch, Spool, SpoolFull
+from kerbside.core.settings import ConfigError, load
 
 
 def test_config_file_env_and_flags_layer(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_config_file_env_and_flags_layer(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "env", "message"), [
     ("[influx]\nbdb = 1\n", {}, "unknown key 'bdb'"),
     ("[nope]\nx = 1\n", {}, "unknown section [nope]"),
-    ("[batch]\nlines = \"many\"\n", {}, "expected a int"),
+    ("[batch]\nlines = \"many\"\n", {}, "expected an integer"),
     ("", {"KERBSIDE_BATCH_LINES": "lots"}, "KERBSIDE_BATCH_LINES"),
     ("", {"KERBSIDE_MQTT_URL": "tcp://x"}, "mqtt://"),
     ("[influx\n", {}, "not valid TOML"),

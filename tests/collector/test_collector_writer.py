@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import pytest
 
-from kerbside.collector.config import InfluxConfig
 from kerbside.collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
+from kerbside.core.settings import InfluxConfig
 
 
 @pytest.mark.services

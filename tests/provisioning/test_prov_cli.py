@@ -30,15 +30,16 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def depot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A depot profile and registry, wired up through the environment as a depot laptop would be."""
+    """A depot profile (the settings' [node] section) and registry, wired up through the environment as a depot
+    laptop would be."""
     ca = tmp_path / "ca.pem"
     ca.write_bytes(pki.generate_ca().cert_pem)
     profile = tmp_path / "depot.toml"
-    profile.write_text('[[wifi]]\nssid = "depot"\npsk = "depot-wifi-key-42"\n\n'
-                       '[mqtt]\nhost = "mqtt.city.example"\nca = "ca.pem"\n\n[node]\nperiod = 60\n')
+    profile.write_text('[node]\nbroker_host = "mqtt.city.example"\nca = "ca.pem"\nperiod = 60\n\n'
+                       '[[node.wifi]]\nssid = "depot"\npsk = "depot-wifi-key-42"\n')
     profile.chmod(0o600)
-    monkeypatch.setenv("KERBSIDE_PROFILE", str(profile))
-    monkeypatch.setenv("KERBSIDE_REGISTRY", str(tmp_path / "registry.json"))
+    monkeypatch.setenv("KERBSIDE_CONFIG", str(profile))
+    monkeypatch.setenv("KERBSIDE_REGISTRY_PATH", str(tmp_path / "registry.json"))
     monkeypatch.delenv("KERBSIDE_BROKER_DIR", raising=False)
     return tmp_path
 
@@ -169,6 +170,6 @@ def test_port_choice() -> None:
 
 
 def test_messages_with_brackets_survive_rich_markup(depot: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("KERBSIDE_PROFILE")
+    monkeypatch.setenv("KERBSIDE_CONFIG", "")
     r = runner.invoke(app, ["provision", "--port", "/dev/null", "--kit", "air", "--site", "x"])
-    assert r.exit_code == 2 and "set [mqtt] host in the depot profile or pass --broker-host" in r.output
+    assert r.exit_code == 2 and "set [node] broker_host in the settings or pass --broker-host" in r.output

@@ -8,43 +8,59 @@ from pathlib import Path
 
 import pytest
 
+from kerbside.core import settings
+from kerbside.core.errors import ConfigError
+from kerbside.core.files import atomic_write
 from kerbside.provisioning import batch, broker, node_config, selftest
-from kerbside.provisioning.files import write_private
 from kerbside.provisioning.identity import IdentityError, check_device_id, new_device_id, new_secret
-from kerbside.provisioning.node_config import ConfigError, load_profile
 from kerbside.provisioning.passwd import PasswdError, hash_password, verify_password
+
+
+def _profile(path: Path) -> node_config.Profile:
+    cfg = settings.load(path, env={})
+    return node_config.Profile.from_settings(cfg.node)
 
 
 def test_profile_from_toml(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("x")
     p = tmp_path / "depot.toml"
-    p.write_text('[[wifi]]\nssid = "city-iot"\npsk = "abcdefgh"\n[[wifi]]\nssid = "depot"\npsk = ""\n'
-                 '[mqtt]\nhost = "mqtt.city.example"\nport = 8884\nca = "ca.pem"\n[node]\nperiod = 30\nsample = 5\n')
+    p.write_text('[node]\nbroker_host = "mqtt.city.example"\nbroker_port = 8884\nca = "ca.pem"\nperiod = 30\nsample = 5\n'
+                 '[[node.wifi]]\nssid = "city-iot"\npsk = "abcdefgh"\n[[node.wifi]]\nssid = "depot"\npsk = ""\n')
     p.chmod(0o600)
-    prof = load_profile(p).check()
+    prof = _profile(p).check()
     assert prof.wifi == [{"ssid": "city-iot", "psk": "abcdefgh"}, {"ssid": "depot", "psk": ""}]
     assert (prof.host, prof.port, prof.ca, prof.period, prof.sample, prof.status_every) == (
         "mqtt.city.example", 8884, tmp_path / "ca.pem", 30, 5, 300)
-    assert prof.warnings == []
+    assert settings.load(p, env={}).warnings == []
     p.chmod(0o644)
-    assert "chmod 600" in load_profile(p).warnings[0]
+    assert "chmod 600" in settings.load(p, env={}).warnings[0]
+
+
+def test_wifi_ssid_flag_goes_first_with_its_key_from_the_environment(tmp_path: Path) -> None:
+    p = tmp_path / "depot.toml"
+    p.write_text('[[node.wifi]]\nssid = "city-iot"\npsk = "abcdefgh"\n[[node.wifi]]\nssid = "depot"\npsk = "old-key-1"\n')
+    cfg = settings.load(p, env={"KERBSIDE_NODE_WIFI_PSK": "new-key-22"}, overrides={"node.wifi_ssid": "depot"})
+    assert node_config.Profile.from_settings(cfg.node).wifi == [{"ssid": "depot", "psk": "new-key-22"},
+                                                                {"ssid": "city-iot", "psk": "abcdefgh"}]
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[mqtt\nhost=1", "not valid TOML"),
-    ("wifi = 3", "wifi must be a list"),
-    ("[mqtt]\nport = 'eighty'", "invalid literal"),
+    ("[node\nbroker_host=1", "not valid TOML"),
+    ("[node]\nwifi = 3", "expected a list of \\[\\[tables\\]\\]"),
+    ("[node]\nbroker_port = 'eighty'", "expected an integer"),
+    ('[mqtt]\nhost = "mqtt.city.example"', "mqtt.host is \\[node\\] broker_host now"),  # a depot profile from before
+    ('[[wifi]]\nssid = "depot"', "wifi is \\[\\[node.wifi\\]\\] now"),
 ])
 def test_bad_profiles(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "depot.toml"
     p.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        load_profile(p)
+        settings.load(p, env={})
 
 
 def test_missing_profile(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
-        load_profile(tmp_path / "nope.toml")
+        settings.load(tmp_path / "nope.toml", env={})
 
 
 def test_profile_needs_ca_for_tls(tmp_path: Path) -> None:
@@ -83,7 +99,7 @@ def test_ids_and_secrets() -> None:
 
 
 def test_private_files_are_0600_from_the_start(tmp_path: Path) -> None:
-    path = write_private(tmp_path / "sub" / "secret", "x")
+    path = atomic_write(tmp_path / "sub" / "secret", "x")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "x"
     assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temp file left behind
 
