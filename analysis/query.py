@@ -22,10 +22,10 @@ from kerbside.analysis.influx import Influx, quote_ident, quote_str
 from kerbside.analysis.limits import POLLUTANTS, capture_rules, limits
 from kerbside.analysis.schema import AGG_RP, RAW_RP
 from kerbside.analysis.timerange import LocalRange
+from kerbside.core.contract import TRAFFIC_CLASSES
 
 EPS = 1e-9
 TAGS = ("device", "site", "zone", "kit")
-TRAFFIC_CLASSES = ("motorcycle", "car", "van", "heavy")
 
 
 class NoDataError(LookupError):

@@ -20,13 +20,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from kerbside.analysis.influx import Influx, quote_ident
+from kerbside.core.contract import AIR_CHANNELS, AIR_POLLUTANTS
 
 RAW_RP = "raw"
 AGG_RP = "agg"
 UNSYNCED_RP = "unsynced"
 
-AIR_MEANS = ("pm1", "pm25", "pm10", "no2", "co2", "temp", "rh", "pressure")
-AIR_COUNTED = ("pm1", "pm25", "pm10", "no2", "co2")
+AIR_COUNTED = AIR_POLLUTANTS
+"""Air fields whose hourly reading count is kept (`<field>_n`): the concentrations, judged by data capture."""
+AIR_MEANS = AIR_COUNTED + tuple(ch.name for ch in AIR_CHANNELS if ch.name not in AIR_COUNTED)
+"""Every air channel gets an hourly mean: pollutants first, then temp, rh, pressure."""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Pure and I/O-free so that the collector, `kerbside decode`, the fuzzers and
 the vectors all exercise exactly the same code. Every failure is a `Rejected`
-with a stable reason code from `collector.contract.REASONS`; nothing else may
-escape, whatever the bytes.
+with a stable reason code from `kerbside.core.contract.REASONS`; nothing else
+may escape, whatever the bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import cbor2
 
-from kerbside.collector import contract as c
+from kerbside.core import contract as c
 
 _NS = 1_000_000_000
 

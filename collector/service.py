@@ -29,7 +29,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kerbside.collector import contract
 from kerbside.collector.config import Config
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
@@ -38,6 +37,7 @@ from kerbside.collector.gaps import SeqTracker
 from kerbside.collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
 from kerbside.collector.metrics import Metrics, serve
 from kerbside.collector.spool import Batch, Spool, SpoolFull
+from kerbside.core import contract
 
 log = logging.getLogger("kerbside.collector")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Container
 
-from kerbside.collector.contract import DEVICE_RE
+from kerbside.core.contract import DEVICE_RE
 
 SECRET_BYTES = 24
 """192 bits: out of reach of offline guessing even with a cheap password hash."""

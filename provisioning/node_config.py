@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kerbside.core.registry import KITS
+from kerbside.core.contract import KITS
 
 CONFIG_PATH = "/config.json"
 CA_PATH = "/ca.pem"

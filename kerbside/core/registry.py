@@ -21,7 +21,6 @@ from pathlib import Path
 FORMAT = "kerbside-registry/1"
 ACTIVE = "active"
 DECOMMISSIONED = "decommissioned"
-KITS = ("air", "traffic")
 
 
 class RegistryError(RuntimeError):
