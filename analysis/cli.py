@@ -36,11 +36,11 @@ def register(app: typer.Typer) -> None:
 def _errors() -> Iterator[None]:
     """Known analyst mistakes become one-line errors with exit code 2, not tracebacks."""
     from kerbside.analysis.did import DidError
-    from kerbside.analysis.influx import InfluxError
     from kerbside.analysis.ngsi_ld import ExportError
     from kerbside.analysis.query import NoDataError
     from kerbside.analysis.report import ReportError
     from kerbside.analysis.timerange import RangeError
+    from kerbside.core.influx import InfluxError
     from kerbside.core.registry import RegistryError
 
     try:

@@ -17,8 +17,6 @@ Prints readings/s, msgs/s, p50/p99 latency, CPU seconds per 10k readings, peak R
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import random
 import statistics
@@ -27,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -37,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kerbside.collector.decode import decode  # noqa: E402
+from kerbside.core.influx import InfluxClient  # noqa: E402
 from kerbside.devstack import Influxd, Mosquitto, free_port  # noqa: E402
 from knode import wire  # noqa: E402
 
@@ -68,33 +66,18 @@ def stream(readings: int, per_msg: int, devices: int, seed: int) -> tuple[list[t
     return mixed, counts
 
 
-class Influx:
-    def __init__(self, url: str, db: str) -> None:
-        self.url, self.db = url, db
-
-    def query(self, q: str) -> list[dict]:
-        params = urllib.parse.urlencode({"q": q, "db": self.db})
-        with urllib.request.urlopen(f"{self.url}/query?{params}", data=b"", timeout=30) as r:
-            return json.loads(r.read())["results"][0].get("series", [])
-
-    def write(self, body: bytes) -> None:
-        req = urllib.request.Request(f"{self.url}/write?db={self.db}&precision=ns", data=body,
-                                     headers={"Content-Encoding": "gzip"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            assert r.status == 204
-
-    def seq_stats(self) -> dict[str, tuple[int, int]]:
-        return {s["tags"]["device"]: (s["values"][0][1], s["values"][0][2])
-                for s in self.query('SELECT COUNT("seq"), MAX("seq") FROM "air" GROUP BY device')}
+def seq_stats(influx: InfluxClient) -> dict[str, tuple[int, int]]:
+    return {s["tags"]["device"]: (s["values"][0][1], s["values"][0][2])
+            for s in influx.query('SELECT COUNT("seq"), MAX("seq") FROM "air" GROUP BY device')}
 
 
-def ceiling(influx: Influx, msgs: list[tuple[str, bytes]]) -> float:
+def ceiling(influx: InfluxClient, msgs: list[tuple[str, bytes]]) -> float:
+    """InfluxDB's ingest rate for the decoder's lines, 5000 per gzipped request (gzip included, as in the collector)."""
     now = time.time()
     lines = [line for t, p in msgs for line in decode(t, p, now).lines]
-    bodies = [gzip.compress("\n".join(lines[i:i + 5000]).encode(), 1) for i in range(0, len(lines), 5000)]
     t0 = time.perf_counter()
-    for b in bodies:
-        influx.write(b)
+    for i in range(0, len(lines), 5000):
+        influx.write(lines[i:i + 5000])
     return len(lines) / (time.perf_counter() - t0)
 
 
@@ -176,14 +159,14 @@ def publish_all(broker: Mosquitto, msgs: list[tuple[str, bytes]], rate: float = 
     return took
 
 
-def wait_all(influx: Influx, counts: dict[str, int], timeout: float = 600) -> float:
+def wait_all(influx: InfluxClient, counts: dict[str, int], timeout: float = 600) -> float:
     deadline = time.monotonic() + timeout
     want = {d: (n, n - 1) for d, n in counts.items()}
     while time.monotonic() < deadline:
-        if influx.seq_stats() == want:
+        if seq_stats(influx) == want:
             return time.perf_counter()
         time.sleep(0.02)
-    raise RuntimeError(f"not all readings arrived: {influx.seq_stats()} vs {want}")
+    raise RuntimeError(f"not all readings arrived: {seq_stats(influx)} vs {want}")
 
 
 def top_frames(collapsed: Path, n: int = 12) -> list[tuple[float, str]]:
@@ -223,7 +206,7 @@ def stop_profile(spy: tuple[subprocess.Popen[bytes], Path] | None, what: str) ->
 def drain_phase(work: Path, broker: Mosquitto, influxd: Influxd, readings: int, per_msg: int, devices: int,
                 profile: bool = False) -> dict:
     db = f"drain{per_msg}"
-    influx = Influx(influxd.url, db)
+    influx = InfluxClient(influxd.url, db)
     msgs, counts = stream(readings, per_msg, devices, seed=per_msg)
     col = CollectorProc(work, broker, influxd.url, db, f"bench-drain-{per_msg}")
     col.start()  # creates the persistent session and the database
@@ -244,7 +227,7 @@ def drain_phase(work: Path, broker: Mosquitto, influxd: Influxd, readings: int, 
     metrics = scrape(col.port)
     rss = proc_hwm_mb(col.proc.pid)
     col.stop()
-    stats = influx.seq_stats()
+    stats = seq_stats(influx)
     got = sum(c for c, _ in stats.values())
     return {"phase": f"drain {per_msg}/msg", "readings": readings, "msgs": len(msgs), "seconds": t1 - t0,
             "readings_s": readings / (t1 - t0), "msgs_s": len(msgs) / (t1 - t0), "cpu_s_per_10k": cpu / readings * 1e4,
@@ -254,7 +237,7 @@ def drain_phase(work: Path, broker: Mosquitto, influxd: Influxd, readings: int, 
 def live_phase(work: Path, broker: Mosquitto, influxd: Influxd, seconds: float, rate: float, per_msg: int, devices: int,
                profile: bool = False) -> dict:
     db = "live"
-    influx = Influx(influxd.url, db)
+    influx = InfluxClient(influxd.url, db)
     n_msgs = int(seconds * rate)
     msgs, counts = stream(n_msgs * per_msg, per_msg, devices, seed=99)
     col = CollectorProc(work, broker, influxd.url, db, "bench-live")
@@ -265,11 +248,12 @@ def live_phase(work: Path, broker: Mosquitto, influxd: Influxd, seconds: float, 
     stop = threading.Event()
 
     def poll() -> None:
-        while not stop.is_set():
-            now = time.perf_counter()
-            for dev, (_, mx) in influx.seq_stats().items():
-                seen.setdefault(dev, []).append((now, mx))
-            time.sleep(0.02)
+        with InfluxClient(influxd.url, db) as own:  # a client of its own: the main thread queries too
+            while not stop.is_set():
+                now = time.perf_counter()
+                for dev, (_, mx) in seq_stats(own).items():
+                    seen.setdefault(dev, []).append((now, mx))
+                time.sleep(0.02)
 
     poller = threading.Thread(target=poll)
     poller.start()
@@ -316,9 +300,9 @@ def main() -> None:
         broker = Mosquitto("mosquitto", work / "mosquitto", free_port(), extra=extra).start()
         influxd = Influxd("influxd", work / "influxd", free_port()).start()
         try:
-            Influx(influxd.url, "").query('CREATE DATABASE "ceiling"')
+            InfluxClient(influxd.url, "ceiling").create_database()
             msgs, _ = stream(args.readings, args.per_msg, args.devices, seed=1)
-            ceil = ceiling(Influx(influxd.url, "ceiling"), msgs)
+            ceil = ceiling(InfluxClient(influxd.url, "ceiling", gzip=True), msgs)
             print(f"ceiling: InfluxDB raw ingest {ceil:,.0f} points/s ({args.readings:,} lines, 5000/batch, gzip)")
             results = [drain_phase(work, broker, influxd, args.readings, 1, args.devices, args.profile),
                        drain_phase(work, broker, influxd, args.readings, args.per_msg, args.devices, args.profile),

@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 
 from kerbside.collector.config import Config
 from kerbside.collector.service import Collector
+from kerbside.core.influx import InfluxRefused
 from kerbside.devstack import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,8 +165,8 @@ def seq_summary(influx: object, measurement: str = "air") -> dict[str, tuple[int
     out: dict[str, tuple[int, int, int, int]] = {}
     try:
         series = influx.query(f'SELECT COUNT("seq"), SUM("seq"), MIN("seq"), MAX("seq") FROM "{measurement}" GROUP BY device')  # type: ignore[attr-defined]
-    except RuntimeError as e:
-        if "database not found" in str(e):
+    except InfluxRefused as e:
+        if "database not found" in e.message:
             return out  # the collector has not created it yet
         raise
     for s in series:
