@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from kerbside.collector.decode import escape_tag
+from kerbside.collector.gaps import MEASUREMENT, record_line
 from kerbside.core.influx import quote_ident, quote_str
 
 Query = Callable[[str], list[dict]]
@@ -37,9 +37,7 @@ class Record:
     period: int
 
     def line(self) -> str:
-        tagset = ",".join(f"{k}={escape_tag(v)}" for k, v in self.tags if v)
-        return (f"kerbside_gaps,{tagset} first_seq={self.first}i,last_seq={self.last}i,"
-                f"missing={self.missing}i,period={self.period}i {self.ts}")
+        return record_line(self.device, dict(self.tags), self.first, self.last, self.missing, self.period, self.ts)
 
 
 def _series_tags(s: dict) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -72,7 +70,7 @@ def _holes(pairs: list[tuple[int, int]]) -> Iterable[tuple[int, int, int, int]]:
 def _recorded(query: Query, since_s: int) -> dict[str, list[Record]]:
     out: dict[str, list[Record]] = {}
     fields = ", ".join(quote_ident(f) for f in ("first_seq", "last_seq", "missing", "period"))
-    q = f"SELECT {fields} FROM {quote_ident('kerbside_gaps')} WHERE time > now() - {since_s}s GROUP BY *"
+    q = f"SELECT {fields} FROM {quote_ident(MEASUREMENT)} WHERE time > now() - {since_s}s GROUP BY *"
     for s in query(q):
         device, tags = _series_tags(s)
         for t, first, last, missing, period in s["values"]:

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import pytest
 
+from kerbside.core import lineproto as lp
 from kerbside.core.errors import KerbsideError
 from kerbside.core.influx import (
     InfluxAuthError,
@@ -154,3 +155,32 @@ def test_against_influxd(influxd) -> None:  # type: ignore[no-untyped-def]
     assert c.query('SELECT "x" FROM "m" WHERE "k" = ' + quote_str("b"), epoch="s")[0]["values"] == [[2, 2]]
     c.query('DROP DATABASE "core_client"', post=True)
     c.close()
+
+
+# Values for every escaping rule; what InfluxDB 1.x stores is each value with the documented replacements.
+TRICKY = ["plain", "a b", "a,b", "a=b", 'a"b', "a\\b", "a\\\\b", "é€😀", "a\nb", "a\r\nb", "a\tb", "x\x7fy", " lead",
+          "trail ", '"q"', "=", ",", " ", "a\\", "a\\,b", "a\\ b", "a\\=b", 'a\\"b', "\\", "a\u2028b"]
+
+
+def _stored_name(v: str) -> str:
+    """What the module docstring promises for a name: Control Pictures, and ⧵ for a backslash read as an escape."""
+    v = lp.control_pictures(v)
+    out = []
+    for i, ch in enumerate(v):
+        out.append("⧵" if ch == "\\" and (i + 1 == len(v) or v[i + 1] in ',= "') else ch)
+    return "".join(out)
+
+
+@pytest.mark.services
+def test_escaping_round_trips_through_influxd(influx) -> None:  # type: ignore[no-untyped-def]
+    lines = [lp.line("m " + v, {"t " + v: v, "i": str(i)}, {"s": v, "f " + v: i}, i + 1) for i, v in enumerate(TRICKY)]
+    influx.write(lines)
+    measurements = {row[0] for s in influx.query("SHOW MEASUREMENTS") for row in s["values"]}
+    assert measurements == {_stored_name("m " + v) for v in TRICKY}
+    for i, v in enumerate(TRICKY):
+        m = _stored_name("m " + v)
+        [series] = influx.query(f"SELECT * FROM {quote_ident(m)} GROUP BY *")
+        [row] = series["values"]
+        fields = {k: x for k, x in zip(series["columns"], row, strict=True) if x is not None and k != "time"}
+        assert series["tags"] == {_stored_name("t " + v): _stored_name(v), "i": str(i)}, repr(v)
+        assert fields == {"s": lp.control_pictures(v), _stored_name("f " + v): i}, repr(v)
