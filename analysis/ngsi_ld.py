@@ -24,11 +24,12 @@ import httpx
 import pandas as pd
 
 from kerbside.analysis import query
-from kerbside.analysis.influx import Influx, quote_ident
+from kerbside.analysis.influx import Influx
 from kerbside.analysis.ngsi_ld_schema import errors
 from kerbside.analysis.schema import AGG_RP
 from kerbside.analysis.timerange import LocalRange
 from kerbside.core.errors import AnalysisError
+from kerbside.core.influx import quote_ident
 from kerbside.core.registry import Device
 
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"

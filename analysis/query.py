@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kerbside.analysis.influx import Influx, quote_ident, quote_str
+from kerbside.analysis.influx import Influx
 from kerbside.analysis.limits import POLLUTANTS, capture_rules, limits
 from kerbside.analysis.schema import AGG_RP, RAW_RP
 from kerbside.analysis.timerange import LocalRange
+from kerbside.core.contract import TRAFFIC_CLASSES
 from kerbside.core.errors import AnalysisError
+from kerbside.core.influx import quote_ident, quote_str
 
 EPS = 1e-9
 TAGS = ("device", "site", "zone", "kit")
-TRAFFIC_CLASSES = ("motorcycle", "car", "van", "heavy")
 
 
 class NoDataError(AnalysisError, LookupError):

@@ -19,14 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from kerbside.analysis.influx import Influx, quote_ident
+from kerbside.core.contract import AIR_CHANNELS, AIR_POLLUTANTS
+from kerbside.core.influx import InfluxClient, quote_ident
 
 RAW_RP = "raw"
 AGG_RP = "agg"
 UNSYNCED_RP = "unsynced"
 
-AIR_MEANS = ("pm1", "pm25", "pm10", "no2", "co2", "temp", "rh", "pressure")
-AIR_COUNTED = ("pm1", "pm25", "pm10", "no2", "co2")
+AIR_COUNTED = AIR_POLLUTANTS
+"""Air fields whose hourly reading count is kept (`<field>_n`): the concentrations, judged by data capture."""
+AIR_MEANS = AIR_COUNTED + tuple(ch.name for ch in AIR_CHANNELS if ch.name not in AIR_COUNTED)
+"""Every air channel gets an hourly mean: pollutants first, then temp, rh, pressure."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,11 @@ def init_statements(layout: Layout) -> list[str]:
     return out
 
 
-def _existing_rps(client: Influx, db: str) -> set[str]:
+def _existing_rps(client: InfluxClient, db: str) -> set[str]:
     return {row[0] for s in client.query(f"SHOW RETENTION POLICIES ON {quote_ident(db)}") for row in s["values"]}
 
 
-def init_db(client: Influx, layout: Layout) -> list[str]:
+def init_db(client: InfluxClient, layout: Layout) -> list[str]:
     """Create or update the database; returns the statements run (for the CLI to show)."""
     done = []
     client.query(f"CREATE DATABASE {quote_ident(layout.db)}", post=True)
@@ -107,7 +110,7 @@ def init_db(client: Influx, layout: Layout) -> list[str]:
     return done
 
 
-def backfill(client: Influx, start: datetime, end: datetime, chunk: timedelta = timedelta(days=7),
+def backfill(client: InfluxClient, start: datetime, end: datetime, chunk: timedelta = timedelta(days=7),
              progress: Callable[[int, int], None] | None = None) -> int:
     """Recompute every hourly aggregate for [start, end), widened to whole UTC hours; returns points written.
 

@@ -51,7 +51,7 @@ def wire_and_flash(tmp: Path) -> None:
         recs = store.peek(10_000)
         total, msgs, pos = 0, 0, 0
         single = 0
-        kitno = wire.KIT_AIR if kit == "air" else wire.KIT_TRAFFIC
+        kitno = wire.KITS[kit]
         while pos < len(recs):
             n = batch.first_run(recs[pos:])
             total += len(batch.encode_run(b"\x00\xc0\xff\xee", kitno, recs[pos:], n))

@@ -165,9 +165,9 @@ def main() -> None:
 
 
 def count_readings(url: str, db: str) -> int:
-    from kerbside.analysis.influx import Influx
+    from kerbside.core.influx import InfluxClient
 
-    with Influx(url, db, timeout=30) as influx:
+    with InfluxClient(url, db, timeout=30) as influx:
         series = influx.query('SELECT count("seq") FROM "air"')
     return int(series[0]["values"][0][1]) if series else 0
 

@@ -208,7 +208,8 @@ def dlq_replay(
     import paho.mqtt.client as mqtt
     from rich.progress import track
 
-    from kerbside.collector.influx import InfluxDown, InfluxWriter
+    from kerbside.collector.influx import InfluxWriter
+    from kerbside.core.influx import InfluxDown
 
     cfg, store = _dlq(config)
     entries = [e for e in store.entries() if (reason is None or e.reason == reason)
@@ -289,9 +290,9 @@ def gaps_scan(
 
       kerbside gaps scan -c /etc/kerbside/collector.toml --since 2d
     """
-    import httpx
-
     from kerbside.collector.gapscan import scan
+    from kerbside.collector.influx import client_for
+    from kerbside.core.influx import InfluxError
 
     cfg = _settings(config, influx__url=influx, influx__db=db)
     units = {"m": 60, "h": 3600, "d": 86400}
@@ -300,29 +301,17 @@ def gaps_scan(
     except (KeyError, ValueError, IndexError):
         typer.echo(f"error: --since {since!r}: use a number with m, h or d, e.g. 6h", err=True)
         raise typer.Exit(2) from None
-    auth = (cfg.influx.username, cfg.influx.password) if cfg.influx.username else None
-    with httpx.Client(base_url=cfg.influx.url.rstrip("/"), auth=auth, timeout=60) as client:
-        def query(q: str) -> list[dict]:
-            r = client.get("/query", params={"db": cfg.influx.db, "q": q, "epoch": "ns"})
-            r.raise_for_status()
-            res = r.json()["results"][0]
-            if "error" in res:
-                raise RuntimeError(res["error"])
-            return list(res.get("series", []))
-
+    with client_for(cfg.influx, timeout=60) as client:
         try:
-            records = scan(query, since_s)
+            records = scan(client.query, since_s)
             lines = [rec.line() for rec in records]
             if dry_run:
                 for line in lines:
                     typer.echo(line)
-            elif lines:
-                params = {"db": cfg.influx.db, "precision": "ns"}
-                if cfg.influx.rp:
-                    params["rp"] = cfg.influx.rp
-                client.post("/write", params=params, content="\n".join(lines).encode()).raise_for_status()
-        except (httpx.HTTPError, RuntimeError) as e:
-            typer.echo(f"error: InfluxDB at {cfg.influx.url}: {e}", err=True)
+            else:
+                client.write(lines, cfg.influx.rp)
+        except InfluxError as e:
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
     open_now = sum(1 for r in records if r.missing)
     typer.echo(f"{len(records)} gap records {'found' if dry_run else 'written'}; {open_now} still missing readings "

@@ -2,8 +2,10 @@
 
 Pure and I/O-free so that the collector, `kerbside decode`, the fuzzers and
 the vectors all exercise exactly the same code. Every failure is a `Rejected`
-with a stable reason code from `collector.contract.REASONS`; nothing else may
-escape, whatever the bytes.
+with a stable reason code from `kerbside.core.contract.REASONS`; nothing else
+may escape, whatever the bytes. Lines are rendered by kerbside.core.lineproto;
+readings, the hot path, build each message's series keys once with it and
+format their fields with its number renderers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 
 import cbor2
 
-from kerbside.collector import contract as c
+from kerbside.core import contract as c
+from kerbside.core import lineproto as lp
 from kerbside.core.errors import ContractError
 
 _NS = 1_000_000_000
@@ -44,29 +47,8 @@ class Decoded:
     t0: int = 0
     period: int = 0
     online: bool | None = None
-    fields: dict[str, object] = field(default_factory=dict)
+    fields: dict[str, lp.FieldValue] = field(default_factory=dict)
     """Status/ack content, for the collector's online view."""
-
-
-def escape_tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("=", "\\=")
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def fmt_scaled(n: int, scale: int) -> str:
-    """Exact decimal rendering of a scaled int; always a float in line protocol."""
-    if scale == 1:
-        return f"{n}.0"
-    sign = "-" if n < 0 else ""
-    q, r = divmod(abs(n), scale)
-    return f"{sign}{q}.{r:0{len(str(scale)) - 1}d}"
-
-
-def fmt_ratio(num: int, den: int) -> str:
-    return repr(round(num / den, 4))
 
 
 def parse_topic(topic: str) -> tuple[str, str]:
@@ -74,10 +56,6 @@ def parse_topic(topic: str) -> tuple[str, str]:
     if m is None or m.group(2) == "cmd":
         raise Rejected("bad_topic", repr(topic[:200]))
     return m.group(1), m.group(2)
-
-
-def _tagset(tags: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={escape_tag(v)}" for k, v in sorted(tags.items()) if v != "")
 
 
 def decode(topic: str, payload: bytes, now: float, tags: Mapping[str, str] | None = None) -> Decoded:
@@ -213,27 +191,40 @@ def _values(
     return rows
 
 
+# Field keys in line-protocol order (sorted), each with its channel index or a negative marker.
 _AIR_ORDER = sorted(
-    [(ch.name, i) for i, ch in enumerate(c.AIR_CHANNELS)]
+    [(lp.escape_name(ch.name), i) for i, ch in enumerate(c.AIR_CHANNELS)]
     + [("boot", -1), ("capture", -2), ("samples", -3), ("seq", -4)]
 )
+_AIR_SCALES = tuple(ch.scale for ch in c.AIR_CHANNELS)
+# Per direction: the (class, position) of each vehicle count, and the position and scale of the mean speed.
+_TRAFFIC_LAYOUT = tuple(
+    (d, tuple((cls, c.TRAFFIC_COUNT_INDEX[d, cls]) for cls in c.TRAFFIC_CLASSES),
+     c.TRAFFIC_SPEED_INDEX[d], c.TRAFFIC_CHANNELS[c.TRAFFIC_SPEED_INDEX[d]].scale)
+    for d in c.TRAFFIC_DIRECTIONS
+)
+# The tags a traffic reading adds to the device's, escaped once: (direction, class or None) -> escaped tags.
+_TRAFFIC_TAGS = {(d, cls): lp.escape_tags({"direction": d, "class": cls})
+                 for d in c.TRAFFIC_DIRECTIONS for cls in (None, *c.TRAFFIC_CLASSES)}
+_MEASUREMENTS = {(m, suffix): lp.escape_measurement(m + suffix)
+                 for m in ("air", "traffic", "traffic_flow") for suffix in ("", "_unsynced")}
 
 
 def _air_lines(rows, suffix, tags, seq, boot, t0, period, expected) -> list[str]:  # type: ignore[no-untyped-def]
-    head = f"air{suffix},{_tagset(tags)} "
+    head = lp.series_of(_MEASUREMENTS["air", suffix], lp.escape_tags(tags)) + " "
     lines = []
-    chans = c.AIR_CHANNELS
+    scales = _AIR_SCALES
     for k, (samples, vals) in enumerate(rows):
         parts = []
         for name, i in _AIR_ORDER:
             if i >= 0:
                 v = vals[i]
                 if v is not None:
-                    parts.append(f"{name}={fmt_scaled(v, chans[i].scale)}")
+                    parts.append(f"{name}={lp.scaled(v, scales[i])}")
             elif i == -1:
                 parts.append(f"boot={boot}i")
             elif i == -2:
-                parts.append(f"capture={fmt_ratio(samples, expected)}")
+                parts.append(f"capture={lp.ratio(samples, expected)}")
             elif i == -3:
                 parts.append(f"samples={samples}i")
             else:
@@ -243,27 +234,29 @@ def _air_lines(rows, suffix, tags, seq, boot, t0, period, expected) -> list[str]
 
 
 def _traffic_lines(rows, suffix, tags, seq, boot, t0, period, expected) -> list[str]:  # type: ignore[no-untyped-def]
-    ncls = len(c.TRAFFIC_CLASSES)
+    device_tags = lp.escape_tags(tags)  # escaped once, then extended with each direction and class
+    flow, count = _MEASUREMENTS["traffic_flow", suffix], _MEASUREMENTS["traffic", suffix]
     heads: dict[object, str] = {}
-    for d in c.TRAFFIC_DIRECTIONS:
-        heads[d] = f"traffic_flow{suffix},{_tagset({**tags, 'direction': d})} "
-        for cls in c.TRAFFIC_CLASSES:
-            heads[d, cls] = f"traffic{suffix},{_tagset({**tags, 'direction': d, 'class': cls})} "
+    for (d, cls), extra in _TRAFFIC_TAGS.items():
+        if cls is None:
+            heads[d] = lp.series_of(flow, {**device_tags, **extra}) + " "
+        else:
+            heads[d, cls] = lp.series_of(count, {**device_tags, **extra}) + " "
     lines = []
     for k, (samples, vals) in enumerate(rows):
         ts = (t0 + k * period) * _NS
-        capture = fmt_ratio(samples, expected)
-        for di, d in enumerate(c.TRAFFIC_DIRECTIONS):
+        capture = lp.ratio(samples, expected)
+        for d, counts, speed_at, speed_scale in _TRAFFIC_LAYOUT:
             total = None
-            for ci, cls in enumerate(c.TRAFFIC_CLASSES):
-                v = vals[di * ncls + ci]
+            for cls, i in counts:
+                v = vals[i]
                 if v is not None:
                     lines.append(f"{heads[d, cls]}count={v}i {ts}")
                     total = v if total is None else total + v
-            speed = vals[len(c.TRAFFIC_DIRECTIONS) * ncls + di]
+            speed = vals[speed_at]
             parts = [f"boot={boot}i", f"capture={capture}", f"interval={period}i", f"samples={samples}i", f"seq={seq + k}i"]
             if speed is not None:
-                parts.append(f"speed={fmt_scaled(speed, 10)}")
+                parts.append(f"speed={lp.scaled(speed, speed_scale)}")
             if total is not None:
                 parts.append(f"vehicles={total}i")
             lines.append(f"{heads[d]}{','.join(parts)} {ts}")
@@ -302,7 +295,7 @@ def _status(device: str, obj: object, now: float, tags: dict[str, str]) -> Decod
     online = m.get("online")
     if not isinstance(online, bool):
         raise Rejected("bad_structure", "status needs boolean key online")
-    fields: dict[str, object] = {"online": online}
+    fields: dict[str, lp.FieldValue] = {"online": online}
     for key, (name, lo, hi) in _STATUS_INTS.items():
         if key in m:
             v = m[key]
@@ -329,22 +322,9 @@ def _status(device: str, obj: object, now: float, tags: dict[str, str]) -> Decod
         if not -c.U32 <= hv <= c.U32:
             raise Rejected("value_out_of_range", f"health.{hk}")
         fields[f"health_{hk.lower()}"] = hv
-    line = _fields_line("status", tags, fields, _node_time(m, now))
+    line = lp.line("status", tags, fields, _node_time(m, now))
     return Decoded(device, "status", [line], online=online, fields=fields,
                    boot=fields.get("boot", -1), synced=m.get("synced") is True)  # type: ignore[arg-type]
-
-
-def _fields_line(measurement: str, tags: dict[str, str], fields: dict[str, object], ts: int) -> str:
-    parts = []
-    for k in sorted(fields):
-        v = fields[k]
-        if isinstance(v, bool):
-            parts.append(f"{k}={'true' if v else 'false'}")
-        elif isinstance(v, str):
-            parts.append(f"{k}={_quote(v)}")
-        else:
-            parts.append(f"{k}={v}i")
-    return f"{measurement},{_tagset(tags)} {','.join(parts)} {ts}"
 
 
 def _node_time(m: dict[object, object], now: float) -> int:
@@ -365,16 +345,17 @@ def _ack(device: str, obj: object, now: float, tags: dict[str, str]) -> Decoded:
     assert isinstance(cmd, int)
     if not 0 <= cmd <= c.U32:
         raise Rejected("value_out_of_range", f"cmd={cmd}")
-    fields: dict[str, object] = {"cmd": cmd, "ok": ok}
+    fields: dict[str, lp.FieldValue] = {"cmd": cmd, "ok": ok}
     cfg = m.get("cfg")
     if cfg is not None:
         if not _is_int(cfg):
             raise Rejected("value_not_integer", "cfg")
+        assert isinstance(cfg, int)
         fields["cfg"] = cfg
     err = m.get("err")
     if err is not None:
         if not isinstance(err, str) or len(err) > 200:
             raise Rejected("bad_structure", "err must be a string of at most 200 characters")
         fields["err"] = err
-    line = _fields_line("ack", tags, fields, _node_time(m, now))
+    line = lp.line("ack", tags, fields, _node_time(m, now))
     return Decoded(device, "ack", [line], fields=fields)

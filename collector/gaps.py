@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kerbside.collector.decode import escape_tag
+from kerbside.core import lineproto
 from kerbside.core.errors import StorageError
 from kerbside.core.files import atomic_write
 
 _NS = 1_000_000_000
+MEASUREMENT = "kerbside_gaps"
 MAX_OPEN_GAPS = 1000
 """Per device. Beyond this the oldest gap stops being tracked; its last record stays in InfluxDB."""
 COMPACT_EVERY = 500
@@ -55,9 +56,13 @@ class DeviceSeq:
 
 
 def gap_line(device: str, tags: Mapping[str, str], gap: Gap) -> str:
-    tagset = ",".join(f"{k}={escape_tag(v)}" for k, v in sorted({**tags, "device": device}.items()) if v)
-    return (f"kerbside_gaps,{tagset} first_seq={gap.first}i,last_seq={gap.last}i,"
-            f"missing={gap.missing}i,period={gap.period}i {gap.ts}")
+    """The gap's record; `kerbside gaps scan` writes the same one (gapscan.Record.line)."""
+    return record_line(device, tags, gap.first, gap.last, gap.missing, gap.period, gap.ts)
+
+
+def record_line(device: str, tags: Mapping[str, str], first: int, last: int, missing: int, period: int, ts: int) -> str:
+    fields = {"first_seq": first, "last_seq": last, "missing": missing, "period": period}
+    return lineproto.line(MEASUREMENT, {**tags, "device": device}, fields, ts)
 
 
 def _subtract(holes: list[list[int]], lo: int, hi: int) -> tuple[list[list[int]], int]:

@@ -16,12 +16,13 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from kerbside.collector.decode import escape_tag
+from kerbside.collector.gaps import MEASUREMENT, record_line
+from kerbside.core.influx import quote_ident, quote_str
 
 Query = Callable[[str], list[dict]]
 
 # One point per reading carries its sequence number here (traffic_flow has one per direction: take "in").
-SOURCES = (("air", ""), ("traffic_flow", " AND \"direction\" = 'in'"))
+SOURCES = (("air", ""), ("traffic_flow", f" AND {quote_ident('direction')} = {quote_str('in')}"))
 _NS = 1_000_000_000
 
 
@@ -36,9 +37,7 @@ class Record:
     period: int
 
     def line(self) -> str:
-        tagset = ",".join(f"{k}={escape_tag(v)}" for k, v in self.tags if v)
-        return (f"kerbside_gaps,{tagset} first_seq={self.first}i,last_seq={self.last}i,"
-                f"missing={self.missing}i,period={self.period}i {self.ts}")
+        return record_line(self.device, dict(self.tags), self.first, self.last, self.missing, self.period, self.ts)
 
 
 def _series_tags(s: dict) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -50,7 +49,7 @@ def _seqs(query: Query, since_s: int) -> dict[str, tuple[tuple[tuple[str, str], 
     """Per device: its tags and sorted (seq, time ns) pairs inside the window."""
     out: dict[str, tuple[tuple[tuple[str, str], ...], list[tuple[int, int]]]] = {}
     for measurement, where in SOURCES:
-        q = f'SELECT "seq" FROM "{measurement}" WHERE time > now() - {since_s}s{where} GROUP BY *'
+        q = f"SELECT {quote_ident('seq')} FROM {quote_ident(measurement)} WHERE time > now() - {since_s}s{where} GROUP BY *"
         for s in query(q):
             device, tags = _series_tags(s)
             pairs = out.setdefault(device, (tags, []))[1]
@@ -81,7 +80,8 @@ def _holes(pairs: list[tuple[int, int]]) -> Iterable[tuple[int, int, int, int]]:
 
 def _recorded(query: Query, since_s: int) -> dict[str, list[Record]]:
     out: dict[str, list[Record]] = {}
-    q = f'SELECT "first_seq", "last_seq", "missing", "period" FROM "kerbside_gaps" WHERE time > now() - {since_s}s GROUP BY *'
+    fields = ", ".join(quote_ident(f) for f in ("first_seq", "last_seq", "missing", "period"))
+    q = f"SELECT {fields} FROM {quote_ident(MEASUREMENT)} WHERE time > now() - {since_s}s GROUP BY *"
     for s in query(q):
         device, tags = _series_tags(s)
         for t, first, last, missing, period in s["values"]:

@@ -1,135 +1,102 @@
-"""Writing line protocol to InfluxDB: v1 /write (1.x) or v2 /api/v2/write, gzip, and 4xx bisection.
+"""The collector's write policy on top of the InfluxDB client: create the database, bisect refused batches.
 
-The writer distinguishes the two failures that need opposite handling:
-InfluxDB unreachable, 5xx, or refusing our credentials (`InfluxDown`: keep the
-batch, spool it, retry later) versus InfluxDB refusing some lines (4xx such as a
-field type conflict: retrying the same bytes would loop forever, so the batch
-is bisected down to the guilty lines, which are handed back for the
-dead-letter store while every other line is written).
+The client (kerbside.core.influx) tells the two failures that need opposite
+handling apart: InfluxDB unreachable, 5xx, or refusing our credentials
+(`InfluxDown`: keep the batch, spool it, retry later) versus InfluxDB refusing
+some lines (`InfluxRefused`, a 4xx such as a field type conflict: retrying the
+same bytes would loop forever). Here a refused batch is bisected down to the
+guilty lines, which are handed back for the dead-letter store while every
+other line is written. A missing database or retention policy refuses every
+line whatever it holds, so it counts as down: the data waits in the spool
+until the operator creates it.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 
-import httpx
-
-from kerbside.core.errors import InfluxError
+from kerbside.core.influx import InfluxAuthError, InfluxClient, InfluxDown, InfluxRefused
 from kerbside.core.settings import InfluxConfig
 
 log = logging.getLogger("kerbside.collector.influx")
 
 
-class InfluxDown(InfluxError, RuntimeError):
-    """InfluxDB cannot take data right now; the batch must be kept and retried."""
-
-
-class InfluxAuthError(InfluxDown):
-    """Credentials are missing or lack rights: fix the config (data waits in the spool meanwhile)."""
-
-
-def _error_text(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("error", r.text))[:500]
-    except (ValueError, AttributeError):
-        return r.text[:500]
+def client_for(cfg: InfluxConfig, timeout: float | None = None) -> InfluxClient:
+    """The client the collector's settings describe: v1 with username/password, or v2 with a token."""
+    v2 = cfg.api == "v2"
+    return InfluxClient(cfg.url, cfg.db, api=cfg.api, org=cfg.org, bucket=cfg.bucket, gzip=cfg.gzip,
+                        token=cfg.token if v2 else "", username="" if v2 else cfg.username,
+                        password="" if v2 else cfg.password, timeout=cfg.timeout_s if timeout is None else timeout)
 
 
 class InfluxWriter:
     def __init__(self, cfg: InfluxConfig) -> None:
         self.cfg = cfg
-        headers = {}
-        if cfg.api == "v2" and cfg.token:
-            headers["Authorization"] = f"Token {cfg.token}"
-        auth = (cfg.username, cfg.password) if cfg.username and cfg.api == "v1" else None
-        self.client = httpx.Client(base_url=cfg.url.rstrip("/"), headers=headers, auth=auth, timeout=cfg.timeout_s)
+        self.client = client_for(cfg)
         self.db_ready = not cfg.create_db or cfg.api == "v2"
         self.requests = 0
+        """Write requests sent (bisection is bounded by it)."""
 
     def close(self) -> None:
         self.client.close()
 
     def ping(self) -> bool:
-        try:
-            return self.client.get("/ping", timeout=2).status_code in (200, 204)
-        except httpx.HTTPError:
-            return False
+        return self.client.ping()
 
     def ensure_db(self) -> None:
         """CREATE DATABASE is idempotent in 1.x; needs admin rights when auth is on."""
         if self.db_ready:
             return
+        advice = (f"Create it as an admin (CREATE DATABASE \"{self.cfg.db}\") or give the collector's user admin "
+                  "rights")
         try:
-            r = self.client.post("/query", params={"q": f'CREATE DATABASE "{self.cfg.db}"'})
-        except httpx.HTTPError as e:
-            raise InfluxDown(f"{self.cfg.url}: {e}") from e
-        if r.status_code in (401, 403):
-            raise InfluxAuthError(f"cannot create database {self.cfg.db!r}: {_error_text(r)}. Create it as an admin "
-                                  f"(CREATE DATABASE \"{self.cfg.db}\") or give the collector's user admin rights")
-        if r.status_code >= 300:
-            raise InfluxDown(f"CREATE DATABASE failed with HTTP {r.status_code}: {_error_text(r)}")
-        body = r.json()
-        err = body.get("results", [{}])[0].get("error")
-        if err:
-            raise InfluxAuthError(f"cannot create database {self.cfg.db!r}: {err}")
+            self.client.create_database()
+        except InfluxAuthError as e:
+            raise InfluxAuthError(f"cannot create database {self.cfg.db!r}: {e}. {advice}") from e
+        except InfluxRefused as e:
+            if e.status >= 300:
+                raise InfluxDown(f"CREATE DATABASE failed with HTTP {e.status}: {e.message}") from e
+            # 1.x answers 200 with "requires admin privilege" in the statement's result
+            raise InfluxAuthError(f"cannot create database {self.cfg.db!r}: {e.message}. {advice}") from e
         self.db_ready = True
         log.info("database %s is ready", self.cfg.db)
-
-    def _post(self, lines: list[str], rp: str) -> httpx.Response:
-        body = "\n".join(lines).encode()
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if self.cfg.gzip:
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        if self.cfg.api == "v2":
-            path = "/api/v2/write"
-            params = {"bucket": self.cfg.bucket + (f"/{rp}" if rp and "/" not in self.cfg.bucket else ""),
-                      "org": self.cfg.org, "precision": "ns"}
-        else:
-            path = "/write"
-            params = {"db": self.cfg.db, "precision": "ns"}
-            if rp:
-                params["rp"] = rp
-        self.requests += 1
-        try:
-            return self.client.post(path, params=params, content=body, headers=headers)
-        except httpx.HTTPError as e:
-            raise InfluxDown(f"{self.cfg.url}: {type(e).__name__}: {e}") from e
 
     def write(self, lines: list[str], rp: str = "") -> list[tuple[str, str]]:
         """Write every line InfluxDB accepts; return the (line, error) pairs it refuses. Raises InfluxDown."""
         if not lines:
             return []
         self.ensure_db()
-        r = self._post(lines, rp)
-        if r.status_code < 300:
+        try:
+            self._post(lines, rp)
             return []
-        if r.status_code == 404 and self.cfg.api == "v1" and "database not found" in r.text and self.cfg.create_db:
-            self.db_ready = False
-            self.ensure_db()
-            r = self._post(lines, rp)
-            if r.status_code < 300:
-                return []
-        return self._handle_failure(lines, rp, r)
+        except InfluxRefused as e:
+            if not ("database not found" in e.message and self.cfg.api == "v1" and self.cfg.create_db):
+                return self._refused(lines, rp, e)
+        self.db_ready = False  # dropped while we ran: create it again, once
+        self.ensure_db()
+        try:
+            self._post(lines, rp)
+            return []
+        except InfluxRefused as e:
+            return self._refused(lines, rp, e)
 
-    def _handle_failure(self, lines: list[str], rp: str, r: httpx.Response) -> list[tuple[str, str]]:
-        text = _error_text(r)
-        if r.status_code in (401, 403):
-            raise InfluxAuthError(f"InfluxDB refused our credentials (HTTP {r.status_code}): {text}")
-        if r.status_code >= 500 or r.status_code in (408, 429):
-            raise InfluxDown(f"InfluxDB HTTP {r.status_code}: {text}")
-        if "retention policy not found" in text:
-            raise InfluxDown(f"{text}: create it (kerbside db init) or fix influx.rp / influx.unsynced_rp")
-        if "database not found" in text:
-            raise InfluxDown(f"{text}: create the database or set influx.create_db = true")
+    def _post(self, lines: list[str], rp: str) -> None:
+        self.requests += 1
+        self.client.write(lines, rp)
+
+    def _refused(self, lines: list[str], rp: str, e: InfluxRefused) -> list[tuple[str, str]]:
+        if "retention policy not found" in e.message:
+            raise InfluxDown(f"{e.message}: create it (kerbside db init) or fix influx.rp / influx.unsynced_rp") from e
+        if "database not found" in e.message:
+            raise InfluxDown(f"{e.message}: create the database or set influx.create_db = true") from e
         if len(lines) == 1:
-            return [(lines[0], text)]
-        log.warning("InfluxDB refused a batch of %d lines (HTTP %d: %s); bisecting", len(lines), r.status_code, text)
+            return [(lines[0], e.message)]
+        log.warning("InfluxDB refused a batch of %d lines (HTTP %d: %s); bisecting", len(lines), e.status, e.message)
         mid = len(lines) // 2
         bad = []
         for half in (lines[:mid], lines[mid:]):
-            hr = self._post(half, rp)
-            if hr.status_code >= 300:
-                bad.extend(self._handle_failure(half, rp, hr))
+            try:
+                self._post(half, rp)
+            except InfluxRefused as he:
+                bad.extend(self._refused(half, rp, he))
         return bad

@@ -29,14 +29,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kerbside.collector import batching, contract
+from kerbside.collector import batching
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
 from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
 from kerbside.collector.gaps import SeqTracker
-from kerbside.collector.influx import InfluxAuthError, InfluxDown, InfluxWriter
+from kerbside.collector.influx import InfluxWriter
 from kerbside.collector.metrics import Metrics, serve
 from kerbside.collector.spool import Batch, Spool, SpoolFull
+from kerbside.core import contract
+from kerbside.core.influx import InfluxAuthError, InfluxDown
 from kerbside.core.settings import Config
 
 log = logging.getLogger("kerbside.collector")

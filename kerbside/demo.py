@@ -88,10 +88,10 @@ class Demo:
 
     def readings_in_influx(self) -> int:
         """Distinct readings stored: one air point, or one inbound traffic_flow point, per reading."""
-        from kerbside.analysis.influx import Influx
+        from kerbside.core.influx import InfluxClient
 
         total = 0
-        with Influx(self.influxd.url, DB, timeout=30) as influx:
+        with InfluxClient(self.influxd.url, DB, timeout=30) as influx:
             for q in ('SELECT count("seq") FROM "air"', 'SELECT count("seq") FROM "traffic_flow" WHERE "direction" = \'in\'',
                       'SELECT count("seq") FROM "unsynced"."air_unsynced"',
                       'SELECT count("seq") FROM "unsynced"."traffic_flow_unsynced" WHERE "direction" = \'in\''):

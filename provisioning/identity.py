@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Container
 
-from kerbside.collector.contract import DEVICE_RE
+from kerbside.core.contract import DEVICE_RE
 from kerbside.core.errors import ProvisioningError
 
 SECRET_BYTES = 24

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kerbside.core.contract import KITS
 from kerbside.core.errors import ConfigError
-from kerbside.core.registry import KITS
 from kerbside.core.settings import NodeConfig
 
 CONFIG_PATH = "/config.json"

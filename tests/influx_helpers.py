@@ -1,16 +1,16 @@
-"""A tiny synchronous InfluxDB 1.x client for tests, and a line-protocol parser.
+"""The tests' InfluxDB client (kerbside's own, plus a point-set view) and an independent line-protocol parser.
 
-Deliberately separate from the collector's writer so a test checks what the
-collector wrote through a second, independent path.
+The parser is deliberately not kerbside.core.lineproto's inverse: a test that
+compares what the collector rendered with what InfluxDB stored parses the
+expected lines through a second, independent path.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.parse
-import urllib.request
 from typing import Any
+
+from kerbside.core.influx import InfluxClient
 
 
 def _unescape(s: str) -> str:
@@ -59,29 +59,8 @@ def parse_line(line: str) -> tuple[str, tuple[tuple[str, str], ...], dict[str, A
     return _unescape(parts[0]), tags, fdict, int(ts)
 
 
-class InfluxHTTP:
-    def __init__(self, url: str, db: str) -> None:
-        self.url = url.rstrip("/")
-        self.db = db
-
-    def query(self, q: str, post: bool = False, epoch: str = "ns") -> list[dict[str, Any]]:
-        params = urllib.parse.urlencode({"q": q, "db": self.db, "epoch": epoch})
-        req = urllib.request.Request(f"{self.url}/query?{params}", method="POST" if post else "GET")
-        with urllib.request.urlopen(req, timeout=30) as r:
-            body = json.loads(r.read())
-        res = body["results"][0]
-        if "error" in res:
-            raise RuntimeError(res["error"])
-        return res.get("series", [])
-
-    def write(self, lines: list[str], rp: str | None = None) -> None:
-        params = {"db": self.db, "precision": "ns"}
-        if rp:
-            params["rp"] = rp
-        req = urllib.request.Request(f"{self.url}/write?{urllib.parse.urlencode(params)}",
-                                     data="\n".join(lines).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=30) as r:
-            assert r.status == 204, r.status
+class InfluxHTTP(InfluxClient):
+    """kerbside.core.influx.InfluxClient with the tests' view of a measurement as a set of points."""
 
     def points(self, measurement: str, where: str = "") -> set[tuple[str, tuple[tuple[str, str], ...], tuple, int]]:
         """Every point of a measurement as (measurement, tags, sorted fields, ns), comparable to parse_line."""

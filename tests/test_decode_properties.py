@@ -6,8 +6,8 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kerbside.collector import contract
 from kerbside.collector.decode import Rejected, decode
+from kerbside.core import contract
 from knode import wire
 
 NOW = 1767225600

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kerbside.collector import contract
 from kerbside.collector.decode import Rejected, decode
+from kerbside.core import contract
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "docs" / "wire" / "vectors.json").read_text())

@@ -6,14 +6,14 @@
 import json
 import os
 
+from knode import wire
+
 PATH = "/config.json"
-KITS = ("air", "traffic")
 DEFAULTS = {
     "v": 1, "site": "", "zone": "", "ntp": ["pool.ntp.org"], "period": 60, "sample": 10,
     "status_every": 300, "credential": 1, "cfg": 1, "cal": {}, "pins": {}, "buffer_kb": 512,
 }
 MQTT_DEFAULTS = {"port": 8883, "tls": True, "keepalive": 60, "ca": "/ca.pem"}
-HEX = "0123456789abcdef"
 
 
 class ConfigError(ValueError):
@@ -27,9 +27,9 @@ def validate(cfg):
     if cfg.get("v", 1) != 1:
         raise ConfigError("v: unsupported config format %r" % cfg.get("v"))
     dev = cfg.get("device")
-    if not isinstance(dev, str) or len(dev) != 8 or any(c not in HEX for c in dev):
+    if not isinstance(dev, str) or len(dev) != 8 or any(c not in wire.HEX for c in dev):
         raise ConfigError("device: need 8 lowercase hex digits")
-    if cfg.get("kit") not in KITS:
+    if cfg.get("kit") not in wire.KITS:
         raise ConfigError("kit: need 'air' or 'traffic'")
     for k in DEFAULTS:
         if k not in cfg:
@@ -76,6 +76,3 @@ def save(cfg, path=PATH):
         json.dump(cfg, f)
     os.rename(tmp, path)
 
-
-def device_bytes(cfg):
-    return bytes(int(cfg["device"][i:i + 2], 16) for i in range(0, 8, 2))

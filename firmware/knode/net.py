@@ -20,12 +20,8 @@ def tls_context(board, mcfg):
 
 def last_will(cfg):
     did = cfg["device"]
-    payload = wire.encode_status({"v": 1, "id": _dev(did), "online": False})
+    payload = wire.encode_status({"v": 1, "id": wire.device_bytes(did), "online": False})
     return (wire.topic(did, "status"), payload, True)
-
-
-def _dev(did):
-    return bytes(int(did[i:i + 2], 16) for i in range(0, 8, 2))
 
 
 def client_for(board, cfg, on_message=None, timeout=10):

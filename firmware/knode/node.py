@@ -21,8 +21,8 @@ class Node:
         self.board = board
         self.cfg = cfg if cfg is not None else config.load(board.path(config.PATH))
         self.did = self.cfg["device"]
-        self.dev = config.device_bytes(self.cfg)
-        self.kitno = wire.KIT_AIR if self.cfg["kit"] == "air" else wire.KIT_TRAFFIC
+        self.dev = wire.device_bytes(self.cfg["device"])
+        self.kitno = wire.KITS[self.cfg["kit"]]
         per_kb = 40  # bytes per stored reading, rounded up (docs/firmware.md)
         self.store = ringbuf.Store(board.path("/buf"), self.cfg.get("buffer_kb", 512) * 1024 // per_kb)
         self.kit = sensors.make(board, self.cfg)

@@ -95,9 +95,8 @@ async def _network(checks, board, cfg, wifi_ms, broker_s):
             client.close()
         return
     try:
-        from knode import config
-        status = {"v": 1, "id": config.device_bytes(cfg), "online": True, "t": board.time(),
-                  "synced": board.time() > 1700000000, "kit": 1 if cfg["kit"] == "air" else 2, "cfg": cfg["cfg"]}
+        status = {"v": 1, "id": wire.device_bytes(cfg["device"]), "online": True, "t": board.time(),
+                  "synced": board.time() > 1700000000, "kit": wire.KITS[cfg["kit"]], "cfg": cfg["cfg"]}
         payload = wire.encode_status(status)
         await client.publish(wire.topic(cfg["device"], "status"), payload, 1, True)
         _check(checks, "publish", True, "status acknowledged (%d bytes)" % len(payload))

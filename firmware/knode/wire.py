@@ -2,16 +2,22 @@
 #
 # The node never formats floats: every value is already a scaled int in the
 # unit the contract states, so encoding is cheap and byte-exact on the device.
+#
+# These tables are the contract's one list of kits and channels: the collector
+# and the analysts import them through kerbside.core.contract, and
+# tests/core/test_contract_drift.py holds them to docs/wire (README, CDDL, vectors).
 from knode import cbor
 
 VERSION = 1
 KIT_AIR = 1
 KIT_TRAFFIC = 2
+KITS = {"air": KIT_AIR, "traffic": KIT_TRAFFIC}  # kit name (config, registry, tags) -> code in the flags
 
 # Channel order is part of the contract. The common six-channel air node
 # (PM sensor + BME280) fills exactly the first six, so it sends no nulls.
 AIR_CHANNELS = ("pm1", "pm25", "pm10", "temp", "rh", "pressure", "no2", "co2")
 TRAFFIC_CLASSES = ("motorcycle", "car", "van", "heavy")
+TRAFFIC_DIRECTIONS = ("in", "out")
 TRAFFIC_CHANNELS = (
     "in_motorcycle", "in_car", "in_van", "in_heavy",
     "out_motorcycle", "out_car", "out_van", "out_heavy",
@@ -22,6 +28,14 @@ CHANNELS = {KIT_AIR: AIR_CHANNELS, KIT_TRAFFIC: TRAFFIC_CHANNELS}
 MAX_READINGS = 240
 MAX_PAYLOAD = 8192
 PREFIX = "kerbside/v1/"
+HEX = "0123456789abcdef"
+
+
+def device_bytes(device_hex):
+    """The 4 payload bytes of a device id written as 8 lowercase hex digits (topics, config, registry)."""
+    if len(device_hex) != 8 or any(c not in HEX for c in device_hex):
+        raise ValueError("device id: need 8 lowercase hex digits, not %r" % (device_hex,))
+    return bytes(int(device_hex[i:i + 2], 16) for i in range(0, 8, 2))
 
 
 def topic(device_hex, kind):

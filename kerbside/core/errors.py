@@ -11,7 +11,10 @@ The tree (docs/errors.md lists every subclass and who raises it):
     KerbsideError          exit 1
     ├── ConfigError        exit 2  settings, flags and input files the user fixes; nothing was changed (ValueError)
     ├── ContractError              a payload breaks the wire contract (reason code attached)
-    ├── InfluxError                InfluxDB refused or could not be reached
+    ├── InfluxError        exit 2  InfluxDB refused or could not be reached (kerbside.core.influx)
+    │   ├── InfluxDown                 unreachable, 5xx, 408/429: keep the data and retry
+    │   │   └── InfluxAuthError        credentials missing or lacking rights
+    │   └── InfluxRefused              these bytes or this query will never be accepted (4xx, InfluxQL error)
     ├── StorageError               files kerbside keeps: spool, dead letters, sequence state, atomic writes (OSError)
     ├── DeviceError                a board on USB: ports, flashing, raw REPL, self-test
     ├── ProvisioningError          identities, firmware bundle, fleet edits, password hashes
@@ -43,7 +46,12 @@ class ContractError(KerbsideError):
 
 
 class InfluxError(KerbsideError):
-    """InfluxDB refused a request or could not be reached."""
+    """InfluxDB refused a request or could not be reached; subclasses in kerbside.core.influx.
+
+    Exit 2: a command that stops on it (db init, report, gaps scan) needs a different --influx/--db or a
+    running server. The collector never stops on it: it spools and retries."""
+
+    exit_code = 2
 
 
 class StorageError(KerbsideError, OSError):

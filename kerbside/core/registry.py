@@ -23,7 +23,6 @@ from kerbside.core.files import atomic_write
 FORMAT = "kerbside-registry/1"
 ACTIVE = "active"
 DECOMMISSIONED = "decommissioned"
-KITS = ("air", "traffic")
 
 
 class RegistryError(ConfigError):

@@ -11,6 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from kerbside.collector.service import Collector
+from kerbside.core.influx import InfluxRefused
 from kerbside.core.settings import Config, child_env
 from kerbside.devstack import CollectorProcess, Mosquitto, free_port, wait_for
 from kerbside.devstack import scrape_metrics as scrape  # noqa: F401  (the tests' name for it)
@@ -132,8 +133,8 @@ def seq_summary(influx: object, measurement: str = "air") -> dict[str, tuple[int
     out: dict[str, tuple[int, int, int, int]] = {}
     try:
         series = influx.query(f'SELECT COUNT("seq"), SUM("seq"), MIN("seq"), MAX("seq") FROM "{measurement}" GROUP BY device')  # type: ignore[attr-defined]
-    except RuntimeError as e:
-        if "database not found" in str(e):
+    except InfluxRefused as e:
+        if "database not found" in e.message:
             return out  # the collector has not created it yet
         raise
     for s in series:

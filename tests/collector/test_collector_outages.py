@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from kc_helpers import (  # type: ignore[import-not-found]
 )
 
 from influx_helpers import InfluxHTTP  # type: ignore[import-not-found]
+from kerbside.collector.dlq import DeadLetters
 from kerbside.devstack import Influxd, free_port
+from knode import wire
 
 pytestmark = pytest.mark.services
 
@@ -139,4 +142,53 @@ def test_kill9_with_data_in_the_spool_replays_it_after_restart(tmp_path: Path, b
     finally:
         if proc.poll() is None:
             proc.kill()
+        db.stop()
+
+
+def test_newlines_in_status_and_ack_strings_survive_a_spool_replay(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    """A node's fw or err text holding a newline or CR, spooled while InfluxDB is down (the spool joins a batch's lines
+    with newlines), is stored as documented in docs/wire/README.md: each control character as its Control Picture,
+    in one point; nothing is split, dead-lettered or lost."""
+    db = Influxd("influxd", tmp_path / "influxd", free_port()).start()
+    influx = InfluxHTTP(db.url, "ctrlchars")
+    cfg = make_config(tmp_path, broker, db.url, "ctrlchars")
+    readings, seqs = make_stream(devices=2, total=600, seed=21)
+    dev = next(iter(seqs))
+    now = int(time.time())
+    fw, err = "1.4.2\nrc1\r", 'flash "ota"\r\nfailed: sha256\\mismatch\n'
+    status = (wire.topic(dev, "status"), wire.encode_status({"v": 1, "id": wire.device_bytes(dev), "online": True,
+                                                             "fw": fw, "t": now - 30, "synced": True}))
+    ack = (wire.topic(dev, "ack"), wire.encode_status({"v": 1, "id": wire.device_bytes(dev), "cmd": 9, "ok": False,
+                                                       "err": err, "t": now - 20, "synced": True}))
+    half = len(readings) // 2
+    proc = spawn(cfg, tmp_path / "collector.log")
+    pub = Publisher(broker)
+    try:
+        db.stop()
+        pub.publish_many(readings[:half] + [status] + readings[half:half + 3] + [ack] + readings[half + 3:])
+        wait_for(lambda: scrape(cfg.http.port).get("kerbside_unacked_messages", 1) == 0
+                 and scrape(cfg.http.port).get("kerbside_spool_batches", 0) > 0, "everything acked into the spool", 30)
+        lines = 600 + 2
+        assert scrape(cfg.http.port)["kerbside_lines_spooled_total"] == lines
+        db.start()
+        wait_for(lambda: scrape(cfg.http.port)["kerbside_spool_batches"] == 0, "spool replayed", 60)
+        m = scrape(cfg.http.port)
+        assert m["kerbside_lines_written_total"] == lines
+        assert not any(k.startswith("kerbside_rejected_total") and v for k, v in m.items()), m
+        _stop(proc)
+    finally:
+        pub.close()
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        assert seq_summary(influx) == expected_summary(seqs)
+        assert influx.query('SELECT "fw", "online" FROM "status"') == [
+            {"name": "status", "columns": ["time", "fw", "online"], "values": [[(now - 30) * 10**9, "1.4.2␊rc1␍", True]]}]
+        assert influx.query('SELECT "err", "ok", "cmd" FROM "ack"') == [
+            {"name": "ack", "columns": ["time", "err", "ok", "cmd"],
+             "values": [[(now - 20) * 10**9, 'flash "ota"␍␊failed: sha256\\mismatch␊', False, 9]]}]
+        names = {row[0] for s in influx.query("SHOW MEASUREMENTS") for row in s["values"]}
+        assert names == {"air", "status", "ack"}, "a split line would have made a measurement of its own"
+        assert list(DeadLetters(cfg.dlq_dir).entries(include_replayed=True)) == []
+    finally:
         db.stop()

@@ -10,9 +10,9 @@ import cbor2
 import pytest
 from prov_helpers import add_device
 
-from kerbside.collector import contract
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
+from kerbside.core import contract
 from kerbside.core.registry import Registry
 from kerbside.provisioning import fleet
 
