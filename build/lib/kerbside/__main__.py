@@ -1,0 +1,3 @@
+from kerbside.cli import main
+
+main()

@@ -1,0 +1,325 @@
+"""Collector-side commands: decode (and, with the collector service, collect and dlq)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kerbside.core.options import ConfigOpt
+
+
+def decode_cmd(
+    topic: str = typer.Option(..., "--topic", "-t", help="MQTT topic the payload came on: kerbside/v1/<id>/readings."),
+    hex_input: bool = typer.Option(False, "--hex", help="stdin holds hex text (whitespace ignored), not raw bytes."),
+    now: float = typer.Option(None, "--now", help="Judge timestamps at this unix time, not the clock (old captures)."),
+) -> None:
+    """Decode one payload from stdin and print the InfluxDB line protocol the collector would write.
+
+    A rejected payload prints its stable reason code on stderr and exits 1.
+
+    Examples:
+
+      mosquitto_sub -t 'kerbside/v1/+/readings' -C 1 -F %x | kerbside decode --hex -t kerbside/v1/00c0ffee/readings
+
+      xxd -r -p capture.hex | kerbside decode -t kerbside/v1/00c0ffee/status
+    """
+    from kerbside.collector.decode import Rejected, decode
+
+    raw = sys.stdin.buffer.read()
+    if hex_input:
+        text = b"".join(raw.split()).decode("ascii", "replace")
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            typer.echo("error: stdin is not hex (drop --hex for raw bytes)", err=True)
+            raise typer.Exit(2) from None
+    try:
+        decoded = decode(topic, raw, time.time() if now is None else now)
+    except Rejected as e:
+        typer.echo(f"rejected: {e.reason}: {e.detail}" if e.detail else f"rejected: {e.reason}", err=True)
+        raise typer.Exit(1) from None
+    for line in decoded.lines:
+        typer.echo(line)
+
+
+def _settings(config: Path | None, **flags: object):  # type: ignore[no-untyped-def]
+    from kerbside.core import options
+
+    return options.load(config, **flags)
+
+
+def collect_cmd(
+    config: ConfigOpt = None,
+    mqtt: str = typer.Option(None, "--mqtt", help="Broker URL, mqtt://host:1883 or mqtts://host:8883 (mqtt.url)."),
+    influx: str = typer.Option(None, "--influx", help="InfluxDB URL, e.g. http://127.0.0.1:8086 (influx.url)."),
+    db: str = typer.Option(None, "--db", help="InfluxDB database, created if missing (influx.db)."),
+    spool: str = typer.Option(None, "--spool", help="Spool directory for batches InfluxDB cannot take yet (spool.dir)."),
+    registry: str = typer.Option(None, "--registry", help="Device registry JSON written by provisioning (registry.path)."),
+    log_json: bool = typer.Option(None, "--log-json/--log-text", help="One JSON object per log line (log.json)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the effective config (secrets masked) and exit."),
+) -> None:
+    """Run the collector: MQTT (QoS1, persistent session) → validate → batch → InfluxDB, losing nothing.
+
+    A message is acknowledged to the broker only once its points are in InfluxDB or fsynced to the spool;
+    rejected messages go to the dead-letter store (see `kerbside dlq`). SIGTERM or Ctrl-C flushes, acks and exits 0.
+
+    Examples:
+
+      kerbside collect --config /etc/kerbside/collector.toml
+
+      kerbside collect --mqtt mqtt://127.0.0.1:1883 --influx http://127.0.0.1:8086 --db kerbside --spool ./spool
+
+      KERBSIDE_BATCH_LINES=2000 kerbside collect -c collector.toml --print-config
+
+    Every setting is in docs/configuration.md; `kerbside config` shows where each value comes from.
+    """
+    import json
+    import os
+    import signal
+    import threading
+
+    from kerbside.collector import logs
+    from kerbside.collector.service import Collector
+    from kerbside.core.errors import KerbsideError, StorageError
+
+    cfg = _settings(config, mqtt__url=mqtt, influx__url=influx, influx__db=db, spool__dir=spool,
+                    registry__path=registry, log__json=log_json)
+    if print_config:
+        typer.echo(json.dumps(cfg.as_dict(mask=True), indent=2))
+        return
+    logs.setup(cfg.log.json, cfg.log.level)
+    try:
+        collector = Collector(cfg)
+    except KerbsideError:
+        raise
+    except OSError as e:  # spool, state or dead-letter directory not creatable or not readable
+        raise StorageError(str(e)) from e
+
+    def on_signal(signum: int, frame: object) -> None:
+        collector.stop()
+        # Unacked messages are redelivered, so a hard exit after the grace period loses nothing.
+        threading.Timer(20.0, lambda: os._exit(3)).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        collector.run()
+    except KerbsideError:
+        raise
+    except OSError as e:
+        typer.echo(f"error: {e} (is the port for /metrics free? set http.port)", err=True)
+        raise typer.Exit(1) from None
+    if collector.failed:
+        typer.echo("error: the collector stopped after an internal error (see the log); unacked messages are kept "
+                   "by the broker and redelivered on restart", err=True)
+        os._exit(1)
+    os._exit(0)  # the grace timer thread must not keep us alive
+
+
+dlq_app = typer.Typer(help="Dead-letter store: messages and lines the collector could not write, with the reason.",
+                      no_args_is_help=True)
+
+
+def _dlq(config: Path | None):  # type: ignore[no-untyped-def]
+    from kerbside.collector.dlq import DeadLetters
+
+    cfg = _settings(config)
+    return cfg, DeadLetters(cfg.dlq_dir)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOpt = None,
+    reason: str = typer.Option(None, "--reason", "-r", help="Only this reason code (see the summary)."),
+    show_all: bool = typer.Option(False, "--all", help="Include entries already replayed."),
+    limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many (newest last); 0 = all."),
+) -> None:
+    """List dead letters, newest last, with a count per reason code.
+
+    Example: kerbside dlq list -c /etc/kerbside/collector.toml --reason unknown_device
+    """
+    import datetime
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    _, store = _dlq(config)
+    entries = [e for e in store.entries(include_replayed=show_all) if reason is None or e.reason == reason]
+    counts = Counter(e.reason for e in entries)
+    console = Console()
+    table = Table("id", "time (UTC)", "reason", "topic", "detail")
+    for e in entries[-limit:] if limit else entries:
+        when = datetime.datetime.fromtimestamp(e.time, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(e.id, when, e.reason, e.topic or "(InfluxDB line)", e.detail[:80])
+    console.print(table)
+    summary = ", ".join(f"{r}: {n}" for r, n in counts.most_common()) or "none"
+    console.print(f"{len(entries)} entries in {store.dir} ({summary}).")
+    console.print("Next: kerbside dlq show ID, or fix the cause and kerbside dlq replay --reason R")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    entry_id: str = typer.Argument(..., help="Entry id or a unique prefix of it (from dlq list)."),
+    config: ConfigOpt = None,
+) -> None:
+    """Show one dead letter: reason, detail, payload as hex, and what the decoder says about it today."""
+    import datetime
+
+    from kerbside.collector.decode import Rejected, decode
+
+    _, store = _dlq(config)
+    e = store.get(entry_id)
+    typer.echo(f"id:      {e.id}")
+    typer.echo(f"time:    {datetime.datetime.fromtimestamp(e.time, datetime.UTC).isoformat()}")
+    typer.echo(f"reason:  {e.reason}")
+    typer.echo(f"detail:  {e.detail}")
+    if e.is_line:
+        typer.echo(f"line:    {e.payload.decode(errors='replace')}")
+        return
+    typer.echo(f"topic:   {e.topic}")
+    typer.echo(f"payload: {e.payload.hex()} ({len(e.payload)} bytes)")
+    try:
+        d = decode(e.topic, e.payload, e.time)
+        typer.echo(f"decodes today into {len(d.lines)} lines (replay it if the cause is fixed)")
+    except Rejected as r:
+        typer.echo(f"decoder today: {r.reason}: {r.detail}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    config: ConfigOpt = None,
+    reason: str = typer.Option(None, "--reason", "-r", help="Only entries with this reason code."),
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Only these entries (repeatable; id prefixes).")] = None,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be replayed, change nothing."),
+) -> None:
+    """Send dead letters through again once their cause is fixed.
+
+    MQTT messages are republished (QoS1) on their original topic, so the running collector decodes them with
+    today's registry and rules; lines InfluxDB refused are written straight to InfluxDB. Entries that fail
+    again are dead-lettered again by the collector. Replayed entries are hidden from `dlq list` (use --all).
+
+    Example: after adding a node to the registry, kerbside dlq replay -c collector.toml --reason unknown_device
+    """
+    import paho.mqtt.client as mqtt
+    from rich.progress import track
+
+    from kerbside.collector.influx import InfluxWriter
+    from kerbside.core.influx import InfluxDown
+
+    cfg, store = _dlq(config)
+    entries = [e for e in store.entries() if (reason is None or e.reason == reason)
+               and (not ids or any(e.id.startswith(i) for i in ids))]
+    if not entries:
+        typer.echo("nothing to replay (kerbside dlq list shows what is there)")
+        return
+    if dry_run:
+        for e in entries:
+            typer.echo(f"{e.id} {e.reason} {e.topic or '(line)'}")
+        typer.echo(f"{len(entries)} entries would be replayed")
+        return
+    client = None
+    if any(not e.is_line for e in entries):
+        import urllib.parse
+
+        u = urllib.parse.urlsplit(cfg.mqtt.url)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{cfg.mqtt.client_id}-replay")
+        if cfg.mqtt.username:
+            client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password or None)
+        if u.scheme == "mqtts":
+            client.tls_set(ca_certs=cfg.mqtt.ca_file or None)
+        try:
+            client.connect(u.hostname or "127.0.0.1", u.port or 1883)
+        except OSError as err:
+            typer.echo(f"error: cannot reach the broker at {cfg.mqtt.url}: {err}", err=True)
+            raise typer.Exit(1) from None
+        client.loop_start()
+    writer = InfluxWriter(cfg.influx)
+    done: list[str] = []
+    try:
+        for e in track(entries, description="replaying"):
+            if e.is_line:
+                bad = writer.write([e.payload.decode()], cfg.influx.rp)
+                if bad:
+                    typer.echo(f"{e.id}: InfluxDB still refuses it: {bad[0][1]}", err=True)
+                    continue
+            else:
+                assert client is not None
+                info = client.publish(e.topic, e.payload, qos=1)
+                info.wait_for_publish(timeout=30)
+                if not info.is_published():
+                    typer.echo(f"{e.id}: broker did not confirm the publish; stopping", err=True)
+                    break
+            done.append(e.id)
+    except InfluxDown as err:
+        typer.echo(f"error: InfluxDB unavailable: {err}", err=True)
+    finally:
+        store.mark_replayed(done)
+        writer.close()
+        if client is not None:
+            client.loop_stop()
+            client.disconnect()
+    typer.echo(f"replayed {len(done)} of {len(entries)} entries")
+    if len(done) < len(entries):
+        raise typer.Exit(1)
+
+
+gaps_app = typer.Typer(help="Sequence gaps: find them from what InfluxDB holds (for collectors in a shared group).",
+                       no_args_is_help=True)
+
+
+@gaps_app.command("scan")
+def gaps_scan(
+    config: ConfigOpt = None,
+    influx: str = typer.Option(None, "--influx", help="InfluxDB URL (influx.url)."),
+    db: str = typer.Option(None, "--db", help="InfluxDB database (influx.db)."),
+    since: str = typer.Option("6h", "--since", help="Window to scan: 90m, 6h, 2d. Gaps older than this are left as recorded."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the gap records instead of writing them."),
+) -> None:
+    """Write kerbside_gaps records from the sequence numbers stored in InfluxDB.
+
+    Collectors in a shared-subscription group (mqtt.group) each see part of every device's stream, so they
+    leave gap records to this scan: run it every few minutes (a systemd timer) with a window longer than a
+    node's longest expected outage. A single collector tracks gaps live and does not need it.
+
+    Example:
+
+      kerbside gaps scan -c /etc/kerbside/collector.toml --since 2d
+    """
+    from kerbside.collector.gapscan import scan
+    from kerbside.collector.influx import client_for
+    from kerbside.core.influx import InfluxError
+
+    cfg = _settings(config, influx__url=influx, influx__db=db)
+    units = {"m": 60, "h": 3600, "d": 86400}
+    try:
+        since_s = int(float(since[:-1]) * units[since[-1]])
+    except (KeyError, ValueError, IndexError):
+        typer.echo(f"error: --since {since!r}: use a number with m, h or d, e.g. 6h", err=True)
+        raise typer.Exit(2) from None
+    with client_for(cfg.influx, timeout=60) as client:
+        try:
+            records = scan(client.query, since_s)
+            lines = [rec.line() for rec in records]
+            if dry_run:
+                for line in lines:
+                    typer.echo(line)
+            else:
+                client.write(lines, cfg.influx.rp)
+        except InfluxError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+    open_now = sum(1 for r in records if r.missing)
+    typer.echo(f"{len(records)} gap records {'found' if dry_run else 'written'}; {open_now} still missing readings "
+               f"({sum(r.missing for r in records)} in all)", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("decode")(decode_cmd)
+    app.command("collect")(collect_cmd)
+    app.add_typer(dlq_app, name="dlq")
+    app.add_typer(gaps_app, name="gaps")

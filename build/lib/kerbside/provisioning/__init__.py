@@ -1,0 +1,1 @@
+"""kerbside provisioning."""

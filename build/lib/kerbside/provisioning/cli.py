@@ -1,0 +1,418 @@
+"""`kerbside flash | provision | registry | broker-config`: the technician's and operator's commands.
+
+Heavy imports (esptool, serial, cryptography) happen inside the commands so
+`kerbside --help` stays instant. Every error ends with what to do next, and
+no command ever prints a node secret or a Wi-Fi key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kerbside.core import options
+from kerbside.core.options import ConfigOpt
+
+console = Console()
+err = Console(stderr=True)
+
+RegistryOpt = Annotated[Path | None, typer.Option(
+    "--registry", help="Device registry file, shared with the collector (registry.path; default "
+    "./kerbside-registry.json).", show_default=False)]
+BrokerDirOpt = Annotated[Path | None, typer.Option(
+    "--broker-dir", help="Broker directory written by `kerbside broker-config` (broker.dir); when set, its "
+    "password file is re-rendered right away.", show_default=False)]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+def _registry(cfg):  # type: ignore[no-untyped-def]
+    from kerbside.core.registry import Registry
+
+    return Registry(cfg.registry.or_default())
+
+
+def _broker_dir(cfg) -> Path | None:  # type: ignore[no-untyped-def]
+    return Path(cfg.broker.dir) if cfg.broker.dir else None
+
+
+def _refresh_broker(broker_dir: Path | None, registry) -> None:  # type: ignore[no-untyped-def]
+    from kerbside.provisioning.broker import RELOAD_HINT
+    from kerbside.provisioning.broker_dir import BrokerDir, render_auth
+
+    if broker_dir is None:
+        console.print("Next: re-render the broker's password file with [bold]kerbside broker-config[/] (or pass "
+                      f"--broker-dir), then {RELOAD_HINT}.")
+        return
+    render_auth(BrokerDir(broker_dir), registry.load())
+    console.print(f"Re-rendered {broker_dir / 'passwd'}. Now {RELOAD_HINT}.")
+
+
+# --- flash -------------------------------------------------------------------------------------------
+
+
+def flash_cmd(
+    port: Annotated[str | None, typer.Option("--port", "-p", help="Serial port, e.g. /dev/ttyUSB0. Found automatically "
+                                             "when exactly one USB serial device is plugged in.")] = None,
+    firmware: Annotated[Path | None, typer.Option("--firmware", "-f", help="MicroPython 1.27 .bin for the board, "
+                                                  "ESP32_GENERIC from micropython.org/download (firmware.image).",
+                                                  show_default=False)] = None,
+    baud: Annotated[int, typer.Option(help="Fastest baud rate to try; lowered by itself when the USB link is flaky.")] = 460800,
+    erase: Annotated[bool, typer.Option(help="Erase the whole flash first (removes any old config and secrets).")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Put MicroPython on a node: detect the chip, erase, write, verify, reset.
+
+    Plug the node into USB. Most boards enter the bootloader by themselves; if
+    yours does not, hold BOOT (IO0), tap EN (RST), release BOOT, and run this again.
+
+    Next step: kerbside provision --kit air --site "..."
+    """
+    from kerbside.provisioning.flash import flash
+    from kerbside.provisioning.ports import choose
+
+    cfg = options.load(config, firmware__image=firmware)
+    if not cfg.firmware.image:
+        raise fail("which firmware? pass --firmware ESP32_GENERIC-v1.27.0.bin (or set KERBSIDE_FIRMWARE_IMAGE); download "
+                   "it from https://micropython.org/download/ESP32_GENERIC/")
+    chosen = choose(port)
+    with console.status(f"flashing {chosen}") as status:
+        done = flash(chosen, Path(cfg.firmware.image), baud=baud, erase=erase, say=lambda m: status.update(m))
+    console.print(f"[green]PASS[/] {done.chip} on {done.port}: wrote and verified {done.image.name} "
+                  f"({done.size // 1024} KiB at {done.offset:#x}, {done.baud} baud).")
+    console.print('Next: [bold]kerbside provision --kit air|traffic --site "..."[/]')
+
+
+# --- provision ---------------------------------------------------------------------------------------
+
+
+def _selftest_table(out) -> Table:  # type: ignore[no-untyped-def]
+    t = Table(title=f"Node {out.device_id} on {out.port}", title_justify="left")
+    t.add_column("check")
+    t.add_column("result")
+    t.add_column("detail", overflow="fold")
+    for c in out.selftest.checks if out.selftest else []:
+        t.add_row(escape(c.name), "[green]PASS[/]" if c.ok else "[red]FAIL[/]", escape(c.detail))
+    return t
+
+
+def provision_cmd(
+    kit: Annotated[str | None, typer.Option(help="What the node measures: air or traffic.")] = None,
+    site: Annotated[str | None, typer.Option(help="Where it is mounted, as analysts will search for it "
+                                             "(e.g. 'Ringstrasse 12 north lamp post').")] = None,
+    zone: Annotated[str, typer.Option(help="Zone tag, e.g. lez-inner or control.")] = "",
+    lat: Annotated[float | None, typer.Option(help="Latitude (WGS84), with --lon.")] = None,
+    lon: Annotated[float | None, typer.Option(help="Longitude (WGS84), with --lat.")] = None,
+    port: Annotated[str | None, typer.Option("--port", "-p", help="Serial port; found automatically when only one "
+                                             "USB serial device is plugged in.")] = None,
+    batch: Annotated[Path | None, typer.Option(help="CSV with columns port,kit,site,zone,lat,lon: provision every row; "
+                                               "a failed node does not stop the rest.")] = None,
+    parallel: Annotated[bool, typer.Option(help="With --batch: provision nodes on different ports at the same time "
+                                           "(a USB hub full of nodes).")] = False,
+    config: ConfigOpt = None,
+    broker_host: Annotated[str | None, typer.Option(help="Broker host name nodes dial (node.broker_host).",
+                                                    show_default=False)] = None,
+    broker_port: Annotated[int | None, typer.Option(help="Broker TLS port (node.broker_port).", show_default=False)] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate nodes trust (node.ca).", show_default=False)] = None,
+    wifi_ssid: Annotated[str | None, typer.Option(help="Wi-Fi network tried first (node.wifi_ssid); its key is read from "
+                                                  "$KERBSIDE_NODE_WIFI_PSK, never from the command line.",
+                                                  show_default=False)] = None,
+    new_identity: Annotated[bool, typer.Option(help="Give the node a new id and secret; its old id is decommissioned.")] = False,
+    selftest: Annotated[bool, typer.Option(help="Run the on-node self-test (Wi-Fi, broker, first reading).")] = True,
+    firmware_dir: Annotated[Path | None, typer.Option(help="Firmware source tree (with knode/ and main.py) to upload "
+                                                      "instead of the one shipped with kerbside.")] = None,
+    registry: RegistryOpt = None,
+    broker_dir: BrokerDirOpt = None,
+) -> None:
+    """Give a node its identity, config, CA and firmware, then prove it works.
+
+    What every node gets (Wi-Fi, broker, CA, timing) is the [node] section of the settings: the depot
+    profile (docs/configuration.md). Safe to re-run: a provisioned node keeps its id and secret, and only
+    changed files are uploaded. Exit status 0 when every self-test check passed, 1 when a node failed,
+    2 on a usage error (nothing was touched).
+
+    Example:
+
+      kerbside provision --kit air --site "Ringstrasse 12" --zone lez-inner --lat 48.2 --lon 16.37
+    """
+    from kerbside.core.errors import ConfigError, KerbsideError
+    from kerbside.provisioning import batch as batchmod
+    from kerbside.provisioning.bundle import FIRMWARE, build
+    from kerbside.provisioning.node_config import NodeSpec, Profile
+    from kerbside.provisioning.ports import choose
+    from kerbside.provisioning.provision import provision
+
+    cfg = options.load(config, registry__path=registry, broker__dir=broker_dir, node__broker_host=broker_host,
+                       node__broker_port=broker_port, node__ca=ca, node__wifi_ssid=wifi_ssid)
+    reg = _registry(cfg)
+    broker_dir = _broker_dir(cfg)
+    try:
+        prof = Profile.from_settings(cfg.node).check()
+        if batch is not None:
+            if kit or site:
+                raise ConfigError("--batch takes kit and site from the CSV; drop --kit/--site")
+            rows = batchmod.parse(batch, port)
+        else:
+            if not kit or not site:
+                raise ConfigError("pass --kit and --site (or --batch FILE.csv)")
+            spec = NodeSpec(kit=kit, site=site, zone=zone, lat=lat, lon=lon).check()
+            rows = [batchmod.Row(0, choose(port), spec)]
+        with console.status("compiling firmware with mpy-cross"):
+            firmware = build(firmware_dir or FIRMWARE)
+    except KerbsideError as e:  # no node touched yet: a usage error (exit 2), whatever went wrong
+        raise ConfigError(str(e)) from e
+
+    def registered() -> None:
+        if broker_dir is not None:
+            from kerbside.provisioning.broker_dir import BrokerDir, render_auth
+
+            render_auth(BrokerDir(broker_dir), reg.load())
+
+    def one(row: batchmod.Row, say: Callable[[str], None]):  # type: ignore[no-untyped-def]
+        return provision(row.port, row.spec, prof, reg, firmware, new_identity=new_identity, run_selftest=selftest, say=say,
+                         registered=registered)
+
+    if batch is None:
+        with console.status("provisioning") as status:
+            results = batchmod.run(rows, lambda r: one(r, lambda m: status.update(f"{r.port}: {m}")))
+        res = results[0]
+        if res.outcome is None:
+            raise fail(f"{res.error}", 1)
+        _report_one(res.outcome, selftest)
+    else:
+        results = _run_batch(rows, one, parallel)
+    if any(r.outcome is not None and r.outcome.new_secret for r in results):
+        _refresh_broker(broker_dir, reg)  # the broker must learn the new secrets
+    if not all(r.ok or (not selftest and r.outcome is not None) for r in results):
+        raise typer.Exit(1)
+
+
+def _report_one(out, selftest: bool) -> None:  # type: ignore[no-untyped-def]
+    ident = "new identity" if out.new_identity else "kept its identity"
+    console.print(f"Node [bold]{out.device_id}[/] {ident}; uploaded {len(out.uploaded)} files, "
+                  f"{len(out.unchanged)} unchanged, removed {len(out.removed)} stale.")
+    for note in out.notes:
+        console.print(f"  note: {escape(note)}")
+    if not selftest:
+        console.print("[yellow]self-test skipped[/]")
+        return
+    console.print(_selftest_table(out))
+    if out.ok:
+        console.print("[green bold]PASS[/]: label the node with its id and mount it.")
+    else:
+        names = ", ".join(c.name for c in out.selftest.failed) or "self-test"
+        console.print(f"[red bold]FAIL[/] ({names}): see docs/provisioning.md, 'When a check fails'; "
+                      "fix it and re-run the same command (the node keeps its id).")
+
+
+def _run_batch(rows, one, parallel: bool):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kerbside.provisioning import batch as batchmod
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("provisioning", total=len(rows))
+
+        def say_for(row: batchmod.Row) -> Callable[[str], None]:
+            return lambda m: progress.update(task, description=f"{row.port}: {m}"[:70])
+
+        results = batchmod.run(rows, lambda r: one(r, say_for(r)), on_done=lambda _r: progress.advance(task),
+                               parallel=parallel)
+    t = Table(title="Batch summary", title_justify="left")
+    for col in ("line", "port", "site", "device", "result", "detail"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        if r.outcome is None:
+            verdict, detail, dev = "[red]ERROR[/]", escape(r.error), ""
+        else:
+            dev = r.outcome.device_id
+            failed = r.outcome.selftest.failed if r.outcome.selftest else []
+            verdict = "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
+            detail = escape(", ".join(f"{c.name}: {c.detail}" for c in failed))
+        t.add_row(str(r.row.line), escape(r.row.port), escape(r.row.spec.site), dev, verdict, detail)
+    console.print(t)
+    ok = sum(r.ok for r in results)
+    console.print(f"{ok} of {len(results)} nodes passed." + ("" if ok == len(results) else
+                  " Fix the failed ones and re-run the batch: passed nodes keep their ids and are only re-checked."))
+    return results
+
+
+# --- registry ----------------------------------------------------------------------------------------
+
+registry_app = typer.Typer(help="The device registry: list nodes, show one, decommission or rotate its secret.",
+                           no_args_is_help=True)
+
+
+@registry_app.command("list")
+def registry_list(
+    registry: RegistryOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include decommissioned nodes.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List the nodes in the registry (active ones unless --all)."""
+    devices = _registry(options.load(config, registry__path=registry)).load()
+    t = Table()
+    for col in ("id", "kit", "site", "zone", "status", "credential", "updated"):
+        t.add_column(col)
+    shown = [d for d in devices.values() if all_ or d.active]
+    for d in sorted(shown, key=lambda d: (d.site, d.id)):
+        t.add_row(d.id, d.kit, escape(d.site), escape(d.zone), d.status, str(d.credential), d.updated)
+    console.print(t)
+    console.print(f"{len(shown)} shown, {sum(d.active for d in devices.values())} active of {len(devices)}.")
+
+
+@registry_app.command("show")
+def registry_show(device_id: Annotated[str, typer.Argument(help="8-hex device id.")], registry: RegistryOpt = None,
+                  config: ConfigOpt = None) -> None:
+    """Everything the registry knows about one node (the secret itself is never stored, only its hash)."""
+    d = _registry(options.load(config, registry__path=registry)).get(device_id)
+    if d is None:
+        raise fail(f"{device_id} is not in the registry; `kerbside registry list --all` shows every node", 1)
+    t = Table(show_header=False)
+    for k, v in (("id", d.id), ("kit", d.kit), ("site", d.site), ("zone", d.zone), ("lat, lon", f"{d.lat}, {d.lon}"),
+                 ("status", d.status), ("credential", str(d.credential)),
+                 ("secret", "set (hash only)" if d.password_hash else "none: the broker refuses this node"),
+                 ("created", d.created), ("updated", d.updated), *((k, v) for k, v in sorted(d.extra.items()))):
+        t.add_row(escape(k), escape(v))
+    console.print(t)
+
+
+@registry_app.command("decommission")
+def registry_decommission(
+    device_id: Annotated[str, typer.Argument(help="8-hex device id.")],
+    reason: Annotated[str, typer.Option(help="Why (stolen, broken, replaced by <id>): kept in the registry.")] = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    registry: RegistryOpt = None,
+    broker_dir: BrokerDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Retire a node for good: the broker refuses it after reload, the collector rejects its data.
+
+    The id is never reused. To replace a node at the same site, provision the new
+    one with the same --site, then decommission the old id.
+    """
+    from kerbside.provisioning.fleet import decommission
+
+    cfg = options.load(config, registry__path=registry, broker__dir=broker_dir)
+    if not yes:
+        typer.confirm(f"Decommission {device_id}? It cannot be re-activated", abort=True)
+    reg = _registry(cfg)
+    d = decommission(reg, device_id, reason)
+    console.print(f"{d.id} ({escape(d.site)}) decommissioned.")
+    _refresh_broker(_broker_dir(cfg), reg)
+
+
+@registry_app.command("rotate")
+def registry_rotate(
+    device_id: Annotated[str, typer.Argument(help="8-hex device id.")],
+    registry: RegistryOpt = None,
+    broker_dir: BrokerDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Replace a node's secret: its old one stops working at the next broker reload.
+
+    The new secret is not shown; re-provision the node (same command as before,
+    it keeps its id) to give it the new one. Until then the broker refuses it.
+    """
+    from kerbside.provisioning.fleet import rotate
+
+    cfg = options.load(config, registry__path=registry, broker__dir=broker_dir)
+    reg = _registry(cfg)
+    d, _secret = rotate(reg, device_id)
+    console.print(f"{d.id} now on credential {d.credential}. Next: plug it in and run "
+                  f"[bold]kerbside provision --kit {d.kit} --site \"{escape(d.site)}\"[/] to give it the new secret.")
+    _refresh_broker(_broker_dir(cfg), reg)
+
+
+# --- broker-config -----------------------------------------------------------------------------------
+
+
+def broker_config_cmd(
+    host: Annotated[list[str] | None, typer.Option("--host", help="Name or IP nodes dial; repeat for several. Goes into "
+                                                   "the broker's TLS certificate (broker.hosts).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory to write config, password file, ACL and "
+                                             "certificates to (broker.dir; default ./broker).", show_default=False)] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Mosquitto persistence directory (broker.state_dir).",
+                                                   show_default=False)] = None,
+    tls_port: Annotated[int | None, typer.Option(help="TLS listener for nodes (broker.tls_port).", show_default=False)] = None,
+    plain_port: Annotated[int | None, typer.Option(help="Loopback-only listener for the collector on the same host "
+                                                   "(broker.plain_port).", show_default=False)] = None,
+    fleet_size: Annotated[int | None, typer.Option(help="Nodes to size queues for (broker.fleet_size; default: active "
+                                                   "nodes in the registry; give the planned size before a roll-out).",
+                                                   show_default=False)] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="The city's CA certificate, instead of a kerbside CA "
+                                                 "(broker.ca_cert).", show_default=False)] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="The city's CA key, to issue the broker certificate from "
+                                                "(broker.ca_key).", show_default=False)] = None,
+    server_cert: Annotated[Path | None, typer.Option(help="A broker certificate the city issued, with --server-key and "
+                                                     "--ca-cert (broker.server_cert).", show_default=False)] = None,
+    server_key: Annotated[Path | None, typer.Option(help="Its private key (broker.server_key).", show_default=False)] = None,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Render the Mosquitto configuration from the registry: TLS, per-node passwords, ACL, queue limits.
+
+    Re-run after every provision, decommission or rotation, then reload mosquitto
+    (SIGHUP). The CA, server key and collector secret are kept across runs. The
+    broker's in-flight window and session expiry follow the [mqtt] settings of the
+    collector, so give it the collector's settings file.
+
+    Example:
+
+      kerbside broker-config --host mqtt.city.example --out /etc/mosquitto/kerbside
+    """
+    from kerbside.core.errors import ConfigError
+    from kerbside.provisioning import broker
+    from kerbside.provisioning.broker_dir import BrokerDir, write_all
+
+    cfg = options.load(config, broker__hosts=host, broker__dir=out, broker__state_dir=state_dir, broker__tls_port=tls_port,
+                       broker__plain_port=plain_port, broker__fleet_size=fleet_size, broker__ca_cert=ca_cert,
+                       broker__ca_key=ca_key, broker__server_cert=server_cert, broker__server_key=server_key,
+                       registry__path=registry)
+    b = cfg.broker
+    if not b.hosts:
+        raise fail("pass --host with the name nodes use to reach the broker (e.g. --host mqtt.city.example); "
+                   "it must match [node] broker_host in the depot's settings")
+    out = Path(b.dir or "broker")
+    fleet = b.fleet_size or None
+    d = BrokerDir(out)
+    devices = _registry(cfg).load()
+    tls = {"city_ca": b.ca_cert, "city_ca_key": b.ca_key, "server_cert": b.server_cert, "server_key": b.server_key}
+    try:
+        done = write_all(d, devices, b.hosts, Path(b.state_dir), tls_port=b.tls_port, plain_port=b.plain_port,
+                         fleet_size=fleet, mqtt=cfg.mqtt, **{k: Path(v) if v else None for k, v in tls.items()})
+    except OSError as e:  # a certificate or key named in the settings is missing, or --out is not writable
+        raise ConfigError(str(e)) from e
+    active = sum(dev.active for dev in devices.values())
+    t = Table(title=f"Broker config in {out}", title_justify="left")
+    t.add_column("file")
+    t.add_column("mode")
+    t.add_column("what")
+    f = d.files
+    for path, what in ((d.conf, "mosquitto.conf: include it or point mosquitto -c at it"),
+                       (f.password_file, f"{active} active nodes + collector"), (f.acl_file, "per-node topic rules"),
+                       (f.cafile, "CA: nodes get this as /ca.pem"), (f.certfile, "broker certificate"),
+                       (f.keyfile, "broker key"), (d.collector_secret, "collector's MQTT password"),
+                       *(((d.ca_key, "CA private key: move it offline"),) if d.ca_key.exists() else ())):
+        t.add_row(str(path), f"{path.stat().st_mode & 0o777:04o}", what)
+    console.print(t)
+    console.print(f"{escape(done)}. Queue limit {broker.queue_limit(fleet if fleet is not None else active)} messages.")
+    console.print(f"Mosquitto runs as user mosquitto: `chown mosquitto {f.password_file} {f.keyfile}` if you rendered as "
+                  f"another user. Then {broker.RELOAD_HINT}.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("flash")(flash_cmd)
+    app.command("provision")(provision_cmd)
+    app.add_typer(registry_app, name="registry")
+    app.command("broker-config")(broker_config_cmd)

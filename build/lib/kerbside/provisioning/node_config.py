@@ -1,0 +1,148 @@
+"""The node's /config.json and the depot profile it is built from.
+
+The depot profile is what is the same for every node a depot provisions (Wi-Fi
+networks, broker address, CA, timing), so a technician types only what differs
+per node: kit and site. It is the [node] section of the settings
+(kerbside.core.settings.NodeConfig, docs/configuration.md); `Profile` is that
+section resolved for one run (networks merged, CA as a path) and checked. It
+holds Wi-Fi keys; the node secret never goes into it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kerbside.core.contract import KITS
+from kerbside.core.errors import ConfigError
+from kerbside.core.settings import NodeConfig
+
+CONFIG_PATH = "/config.json"
+CA_PATH = "/ca.pem"
+FORMAT_VERSION = 1
+_DEFAULT = NodeConfig()
+
+
+@dataclass
+class Profile:
+    """Settings shared by every node of a depot, ready to write; defaults are the [node] section's."""
+
+    wifi: list[dict[str, str]] = field(default_factory=list)
+    host: str = _DEFAULT.broker_host
+    port: int = _DEFAULT.broker_port
+    tls: bool = _DEFAULT.tls
+    ca: Path | None = None
+    keepalive: int = _DEFAULT.keepalive
+    ntp: list[str] = field(default_factory=lambda: list(_DEFAULT.ntp))
+    period: int = _DEFAULT.period
+    sample: int = _DEFAULT.sample
+    status_every: int = _DEFAULT.status_every
+
+    @classmethod
+    def from_settings(cls, node: NodeConfig) -> Profile:
+        """The [node] section for one run: --wifi-ssid's network (key from node.wifi_psk) first, then node.wifi."""
+        wifi = [dict(w) for w in node.wifi]
+        if node.wifi_ssid:
+            wifi = [{"ssid": node.wifi_ssid, "psk": node.wifi_psk}] + [w for w in wifi if w.get("ssid") != node.wifi_ssid]
+        return cls(wifi=[{"ssid": w.get("ssid", ""), "psk": w.get("psk", "")} for w in wifi], host=node.broker_host,
+                   port=node.broker_port, tls=node.tls, ca=Path(node.ca) if node.ca else None, keepalive=node.keepalive,
+                   ntp=list(node.ntp), period=node.period, sample=node.sample, status_every=node.status_every)
+
+    def check(self) -> Profile:
+        if not self.host:
+            raise ConfigError("no broker host: set [node] broker_host in the settings or pass --broker-host")
+        if not self.wifi:
+            raise ConfigError("no Wi-Fi network: add a [[node.wifi]] entry to the settings or pass --wifi-ssid "
+                              "(with the key in $KERBSIDE_NODE_WIFI_PSK)")
+        for w in self.wifi:
+            if not w.get("ssid"):
+                raise ConfigError("every [[node.wifi]] entry needs an ssid")
+            if len(w.get("psk", "")) not in range(8, 64) and w.get("psk", "") != "":
+                raise ConfigError(f"Wi-Fi key for {w['ssid']!r} must be 8..63 characters (WPA2) or empty (open network)")
+        if self.tls and self.ca is None:
+            raise ConfigError("TLS needs the broker's CA certificate: set [node] ca in the settings or pass --ca "
+                              "(broker-config writes it as ca.pem)")
+        if self.ca is not None and not self.ca.is_file():
+            raise ConfigError(f"CA certificate {self.ca} not found")
+        if not 1 <= self.sample <= self.period:
+            raise ConfigError(f"sample interval {self.sample} s must be between 1 s and the period {self.period} s")
+        return self
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What differs per node."""
+
+    kit: str
+    site: str
+    zone: str = ""
+    lat: float | None = None
+    lon: float | None = None
+
+    def check(self) -> NodeSpec:
+        if self.kit not in KITS:
+            raise ConfigError(f"kit must be one of {', '.join(KITS)}, not {self.kit!r}")
+        if not self.site.strip():
+            raise ConfigError("site must not be empty: it is how analysts find this node's data")
+        if (self.lat is None) != (self.lon is None):
+            raise ConfigError("give both --lat and --lon, or neither")
+        if self.lat is not None and not -90 <= self.lat <= 90:
+            raise ConfigError(f"latitude {self.lat} is not within -90..90")
+        if self.lon is not None and not -180 <= self.lon <= 180:
+            raise ConfigError(f"longitude {self.lon} is not within -180..180")
+        return self
+
+
+def build(device_id: str, password: str, credential: int, spec: NodeSpec, profile: Profile, cfg: int,
+          cal: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Exactly the keys the firmware's config reader expects (docs/provisioning.md)."""
+    return {
+        "v": FORMAT_VERSION,
+        "device": device_id,
+        "kit": spec.kit,
+        "site": spec.site,
+        "zone": spec.zone,
+        "wifi": [dict(w) for w in profile.wifi],
+        "mqtt": {
+            "host": profile.host,
+            "port": profile.port,
+            "tls": profile.tls,
+            "user": device_id,
+            "password": password,
+            "ca": CA_PATH,
+            "keepalive": profile.keepalive,
+        },
+        "ntp": list(profile.ntp),
+        "period": profile.period,
+        "sample": profile.sample,
+        "status_every": profile.status_every,
+        "credential": credential,
+        "cfg": cfg,
+        "cal": dict(cal or {}),
+    }
+
+
+def encode(config: dict[str, Any]) -> bytes:
+    return json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_existing(raw: bytes | None) -> dict[str, Any] | None:
+    """A node's current config, or None if it has none we can use (then it gets a new identity)."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("v") == FORMAT_VERSION else None
+
+
+def next_cfg(old: dict[str, Any] | None, new: dict[str, Any]) -> int:
+    """cfg counts config changes, so the collector can tell which config a node runs from its status."""
+    if old is None:
+        return 1
+    prev = old["cfg"] if isinstance(old.get("cfg"), int) else 0
+    same = {k: v for k, v in old.items() if k != "cfg"} == {k: v for k, v in new.items() if k != "cfg"}
+    return prev if same and prev else prev + 1

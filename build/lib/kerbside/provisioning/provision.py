@@ -1,0 +1,173 @@
+"""Provision one node: identity, config, CA and firmware onto the board, then its self-test.
+
+Idempotent by design: the node's own /config.json is the memory of what it
+is, so re-running on a provisioned node keeps its id (and its secret, if the
+registry still accepts it) and only uploads files whose hash differs. The
+registry entry is written before the node's config, and removed again if the
+config never reached the node, so an interrupted run leaves no orphan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kerbside.core.errors import ProvisioningError
+from kerbside.core.registry import ACTIVE, Device, Registry
+from kerbside.provisioning import node_config, selftest
+from kerbside.provisioning.bundle import LIB, DeviceFile
+from kerbside.provisioning.fleet import now_iso
+from kerbside.provisioning.identity import new_device_id, new_secret
+from kerbside.provisioning.passwd import PasswdError, hash_password, verify_password
+from kerbside.provisioning.rawrepl import DeviceException, RawRepl
+
+SELFTEST_TIMEOUT = 120.0
+"""Joining Wi-Fi, NTP and the broker over TLS can take a minute on a weak signal."""
+
+Progress = Callable[[str], None]
+
+
+class ProvisionError(ProvisioningError, RuntimeError):
+    pass
+
+
+@dataclass
+class Outcome:
+    port: str
+    device_id: str = ""
+    new_identity: bool = False
+    new_secret: bool = False
+    uploaded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    selftest: selftest.SelfTest | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.selftest is not None and self.selftest.ok
+
+
+@dataclass
+class _Identity:
+    device_id: str
+    password: str
+    credential: int
+    created: bool
+    rotated: bool
+
+
+def _resolve_identity(registry: Registry, existing: dict[str, Any] | None, spec: node_config.NodeSpec,
+                      new_identity: bool, notes: list[str]) -> _Identity:
+    """Keep the node's id and secret when the registry still vouches for them; otherwise issue new ones."""
+    old_id = existing.get("device") if existing else None
+    old_pw = (existing.get("mqtt") or {}).get("password") if existing else None
+    with registry.edit() as devices:
+        dev = devices.get(old_id) if isinstance(old_id, str) else None
+        if dev is not None and not new_identity and dev.status == ACTIVE:
+            ident = _Identity(dev.id, str(old_pw or ""), dev.credential, created=False, rotated=False)
+            try:
+                valid = bool(old_pw) and bool(dev.password_hash) and verify_password(str(old_pw), dev.password_hash)
+            except PasswdError:
+                valid = False
+            if not valid:
+                ident.password = new_secret()
+                ident.credential = dev.credential = dev.credential + 1
+                dev.password_hash = hash_password(ident.password)
+                ident.rotated = True
+                notes.append("the node's secret was not the registry's (rotated?): issued a new one")
+            dev.kit, dev.site, dev.zone, dev.lat, dev.lon = spec.kit, spec.site, spec.zone, spec.lat, spec.lon
+            dev.updated = now_iso()
+            return ident
+        if dev is not None and dev.status == ACTIVE and new_identity:
+            dev.status, dev.password_hash, dev.updated = "decommissioned", "", now_iso()
+            dev.extra["decommission_reason"] = "re-provisioned with --new-identity"
+            notes.append(f"old identity {dev.id} decommissioned (--new-identity)")
+        elif dev is not None:
+            notes.append(f"the node carried decommissioned identity {dev.id}: issued a new one")
+        elif isinstance(old_id, str):
+            notes.append(f"the node's id {old_id} is not in {registry.path}: issued a new one (wrong --registry?)")
+        device_id = new_device_id(devices)
+        password = new_secret()
+        now = now_iso()
+        devices[device_id] = Device(id=device_id, kit=spec.kit, site=spec.site, zone=spec.zone, lat=spec.lat, lon=spec.lon,
+                                    status=ACTIVE, created=now, updated=now, credential=1,
+                                    password_hash=hash_password(password))
+        return _Identity(device_id, password, 1, created=True, rotated=True)
+
+
+def _forget(registry: Registry, device_id: str) -> None:
+    with registry.edit() as devices:
+        devices.pop(device_id, None)
+
+
+def sync_files(repl: RawRepl, files: list[DeviceFile], out: Outcome, say: Progress) -> None:
+    """Upload what differs, and drop stale modules: a leftover knode/x.py would shadow the new x.mpy."""
+    wanted = {f.path for f in files}
+    for f in files:
+        if repl.sha256(f.path) == f.sha256:
+            out.unchanged.append(f.path)
+            continue
+        say(f"uploading {f.path}")
+        repl.write_file(f.path, f.data)
+        out.uploaded.append(f.path)
+    dirs = {p.rsplit("/", 1)[0] for p in wanted if p.startswith(LIB + "/")}
+    for d in sorted(dirs):
+        for name in repl.listdir(d):
+            path = f"{d}/{name}"
+            if name.endswith((".py", ".mpy")) and path not in wanted:
+                repl.remove(path)
+                out.removed.append(path)
+
+
+def provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profile, registry: Registry,
+              firmware: list[DeviceFile], *, new_identity: bool = False, run_selftest: bool = True,
+              connect: Callable[[str], RawRepl] = RawRepl, say: Progress = lambda _m: None,
+              registered: Callable[[], None] = lambda: None) -> Outcome:
+    """Provision the board on `port` and return what happened; errors that stop this node raise.
+
+    `registered` runs once the registry and the node agree and before the
+    self-test: the CLI re-renders the broker's password file there, so that a
+    new node's broker check can pass on its first run.
+    """
+    spec.check()
+    profile.check()
+    out = Outcome(port)
+    say("connecting to the board")
+    hide = [w["psk"] for w in profile.wifi]
+    with connect(port) as repl:
+        existing = node_config.parse_existing(repl.read_file(node_config.CONFIG_PATH))
+        ident = _resolve_identity(registry, existing, spec, new_identity, out.notes)
+        out.device_id, out.new_identity, out.new_secret = ident.device_id, ident.created, ident.rotated
+        config_written = False
+        try:
+            sync_files(repl, firmware, out, say)
+            if profile.ca is not None:
+                sync_files(repl, [DeviceFile(node_config.CA_PATH, profile.ca.read_bytes())], out, say)
+            cal = existing.get("cal") if existing and isinstance(existing.get("cal"), dict) else None
+            config = node_config.build(ident.device_id, ident.password, ident.credential, spec, profile, 0, cal)
+            config["cfg"] = node_config.next_cfg(existing if existing and existing.get("device") == ident.device_id else None,
+                                                 config)
+            say("writing /config.json")
+            data = node_config.encode(config)
+            if repl.sha256(node_config.CONFIG_PATH) != DeviceFile(node_config.CONFIG_PATH, data).sha256:
+                repl.write_file(node_config.CONFIG_PATH, data)
+            config_written = True
+            check = repl.exec("import json\nc = json.load(open('/config.json'))\nprint(c['device'], c['credential'])").split()
+            if check != [ident.device_id, str(ident.credential)]:
+                raise ProvisionError(f"the node reads back a different config ({check[:1]}); re-run provision")
+        except BaseException:
+            if ident.created and not config_written:
+                _forget(registry, ident.device_id)
+            raise
+        registered()
+        if run_selftest:
+            say("running the self-test (Wi-Fi, broker, first reading)")
+            try:
+                text = repl.exec(selftest.RUN, timeout=SELFTEST_TIMEOUT)
+            except DeviceException as e:
+                raise selftest.SelfTestError("the self-test crashed on the node:\n"
+                                             + selftest.redact(str(e), [ident.password, *hide])) from None
+            out.selftest = selftest.parse(selftest.redact(text, [ident.password, *hide]))
+    return out

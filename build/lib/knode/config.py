@@ -1,0 +1,78 @@
+# kerbside node firmware - the provisioned configuration (/config.json).
+#
+# The provisioning tool writes it; commands change parts of it. Writes go to
+# a temporary file renamed over the old one, so a power cut leaves either the
+# old or the new config, never half of one. docs/firmware.md documents keys.
+import json
+import os
+
+from knode import wire
+
+PATH = "/config.json"
+DEFAULTS = {
+    "v": 1, "site": "", "zone": "", "ntp": ["pool.ntp.org"], "period": 60, "sample": 10,
+    "status_every": 300, "credential": 1, "cfg": 1, "cal": {}, "pins": {}, "buffer_kb": 512,
+}
+MQTT_DEFAULTS = {"port": 8883, "tls": True, "keepalive": 60, "ca": "/ca.pem"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg):
+    """Fill defaults and check types; raises ConfigError naming the first bad key."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("config is not a JSON object")
+    if cfg.get("v", 1) != 1:
+        raise ConfigError("v: unsupported config format %r" % cfg.get("v"))
+    dev = cfg.get("device")
+    if not isinstance(dev, str) or len(dev) != 8 or any(c not in wire.HEX for c in dev):
+        raise ConfigError("device: need 8 lowercase hex digits")
+    if cfg.get("kit") not in wire.KITS:
+        raise ConfigError("kit: need 'air' or 'traffic'")
+    for k in DEFAULTS:
+        if k not in cfg:
+            v = DEFAULTS[k]
+            cfg[k] = dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, list) else v)
+    wifi = cfg.get("wifi")
+    if not isinstance(wifi, list) or not wifi:
+        raise ConfigError("wifi: need a list of {ssid, psk}")
+    for w in wifi:
+        if not isinstance(w, dict) or not isinstance(w.get("ssid"), str):
+            raise ConfigError("wifi: each entry needs an ssid")
+    m = cfg.get("mqtt")
+    if not isinstance(m, dict) or not isinstance(m.get("host"), str) or not m["host"]:
+        raise ConfigError("mqtt.host: missing")
+    for k in MQTT_DEFAULTS:
+        m.setdefault(k, MQTT_DEFAULTS[k])
+    m.setdefault("user", dev)
+    for k in ("period", "sample", "status_every"):
+        if not isinstance(cfg[k], int) or cfg[k] <= 0:
+            raise ConfigError(k + ": need a positive integer (seconds)")
+    if cfg["period"] > 86400 or cfg["sample"] > cfg["period"]:
+        raise ConfigError("period/sample: need sample <= period <= 86400")
+    if cfg["period"] // cfg["sample"] > 3600:
+        raise ConfigError("sample: more than 3600 samples per period")
+    if not isinstance(cfg["cal"], dict) or not isinstance(cfg["pins"], dict):
+        raise ConfigError("cal/pins: need objects")
+    return cfg
+
+
+def load(path=PATH):
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError:
+        raise ConfigError(path + ": not found (provision the node first)")
+    except ValueError:
+        raise ConfigError(path + ": not valid JSON")
+    return validate(cfg)
+
+
+def save(cfg, path=PATH):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f)
+    os.rename(tmp, path)
+

@@ -1,0 +1,1 @@
+# kerbside node firmware - sensor drivers: frame parsers with error counts.
