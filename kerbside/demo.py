@@ -159,8 +159,8 @@ def _view(demo: Demo, fleet, rate: float, t0: float) -> Table:  # type: ignore[n
     t.add_row("simulated time", f"{sim_now:%a %d %b %H:%M} UTC  {'█' * int(done * 30):<30} {done:4.0%}{slow}")
     broker = "up" if demo.broker.running() else "[red]DOWN[/]"
     t.add_row("nodes online", f"{tot['connected']} / {tot['nodes']}  (broker {broker})")
-    t.add_row("readings", f"{tot['produced']:,} taken of {tot['expected']:,} expected · "
-                          f"{int(m.get('kerbside_readings_total', 0)):,} stored · {rate:,.0f}/s")
+    stored = int(m.get("kerbside_readings_total", 0) - m.get("kerbside_duplicates_total", 0))  # redeliveries overwrite
+    t.add_row("readings", f"{tot['produced']:,} taken of {tot['expected']:,} expected · {stored:,} stored · {rate:,.0f}/s")
     t.add_row("node flash buffers", f"{tot['buffered']:,} readings waiting · {tot['dropped']:,} dropped")
     t.add_row("collector spool", f"{int(m.get('kerbside_spool_bytes', 0)):,} B")
     t.add_row("gaps", f"{int(m.get('kerbside_gaps_open', 0))} open, {int(m.get('kerbside_readings_missing', 0)):,} readings "

@@ -139,8 +139,16 @@ class VirtualClock:
         return loop
 
     async def _drive(self) -> None:
+        try:
+            await self._advance()
+        except Exception as e:  # a bug here must not leave every sleeper hanging: they raise it
+            for w in self._heap:
+                if not w[3].done():
+                    w[3].set_exception(e)
+            raise
+
+    async def _advance(self) -> None:
         loop = asyncio.get_running_loop()
-        heap = self._heap
         while True:
             await self._settle(())  # tasks created while time stood still see this instant first
             heap = self._heap
