@@ -330,7 +330,8 @@ def demo_cmd(
     days: float = typer.Option(7.0, "--days", help="Simulated days."),
     air: int = typer.Option(40, "--air", help="Air-quality nodes."),
     traffic: int = typer.Option(10, "--traffic", help="Traffic nodes."),
-    speedup: float = typer.Option(3000.0, "--speedup", help="Simulated seconds per wall-clock second."),
+    speedup: float = typer.Option(3000.0, "--speedup", help="Simulated seconds per wall-clock second, at most "
+                                  "(a busy host slows the run, never skips a reading)."),
     keep: bool = typer.Option(None, "--keep/--no-keep", help="Keep InfluxDB running for queries until Ctrl-C "
                               "(default: when run from a terminal)."),
 ) -> None:

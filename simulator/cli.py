@@ -36,7 +36,8 @@ def simulate_cmd(
     air: int = typer.Option(None, "--air", help="Air-quality nodes (overrides the split from --nodes)."),
     traffic: int = typer.Option(None, "--traffic", help="Traffic nodes (overrides the split from --nodes)."),
     duration: float = typer.Option(3600, "--duration", "-d", help="Simulated seconds to run (86400 = a day)."),
-    speedup: float = typer.Option(60, "--speedup", "-x", help="Simulated seconds per real second."),
+    speedup: float = typer.Option(60, "--speedup", "-x", help="Simulated seconds per real second, at most: a host "
+                                  "too slow for it makes the run longer, never skips a reading."),
     start: str = typer.Option(None, "--start", help="Simulated start (ISO date, UTC); default: now minus duration."),
     seed: int = typer.Option(1, "--seed", help="Same seed, same fleet: ids, places, signals and faults."),
     period: int = typer.Option(60, "--period", help="Reading interval of every node, s."),

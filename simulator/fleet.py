@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import random
 import time
@@ -173,21 +174,18 @@ class Fleet:
         f = c.faults
         order = list(range(len(self.nodes)))
         rng.shuffle(order)
-        cycle = iter(order * 4)
+        cycle = itertools.cycle(order)
 
         def pick(n: int, avoid: set[int], what: str) -> list[int]:
-            """n distinct nodes from the shuffled order, skipping those whose faults would not mix."""
+            """Up to n distinct nodes, next in the shuffled order, skipping those whose faults would not mix."""
             out: list[int] = []
-            for _ in range(min(n, len(order))):
-                for _ in range(len(order)):
-                    i = next(cycle, None)
-                    if i is None:
-                        break
-                    if i not in avoid:
-                        out.append(i)
-                        break
-                else:
-                    raise ValueError(f"{what}: not enough nodes without conflicting faults; use fewer faults or more nodes")
+            for _ in range(min(n, len(order) - len(avoid))):
+                i = next(cycle)
+                while i in avoid or i in out:
+                    i = next(cycle)
+                out.append(i)
+            if len(out) < n and len(out) < len(order):
+                raise ValueError(f"{what}: not enough nodes without conflicting faults; use fewer faults or more nodes")
             return out
 
         wifi = pick(f.wifi_drop_nodes, set(), "Wi-Fi drops")
