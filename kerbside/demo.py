@@ -223,6 +223,11 @@ def run(plan: DemoPlan) -> int:
             held = _drain(demo, produced)
             live.update(_view(demo, fleet, 0.0, t0))
         con.print()
+        if fleet.run_wall is not None:
+            pace = fleet.cfg.duration / fleet.run_wall
+            busy = "" if pace >= 0.95 * plan.speedup else \
+                f" (the host was too busy for x{plan.speedup:g}: simulated time waited for the nodes)"
+            con.print(f"[green]✓[/] simulated {plan.days:g} days in {fleet.run_wall:.0f} s, x{pace:,.0f}{busy}")
         exact = _accounting(con, demo, fleet.expected(), stats, held)
         with con.status("computing hourly aggregates for the simulated period…"):
             subprocess.run(demo.kerbside("db", "backfill", "--from", f"{plan.start:%Y-%m-%d}", "--to", f"{plan.end:%Y-%m-%d}"),

@@ -150,6 +150,8 @@ class Fleet:
         self.broker_down = False
         self.nodes: list[VirtualNode] = []
         self.phase = "running"
+        self.run_wall: float | None = None
+        """Real seconds from the first power-on to the end of the run (the drain after it not included)."""
         self._build()
         self._plan()
 
@@ -383,8 +385,10 @@ class Fleet:
         for vn in self.nodes:
             vn.task = asyncio.create_task(self._run_node(vn, vn.spans[0].on))
         ticker = asyncio.create_task(self._ticker())
+        t0 = time.monotonic()
         try:
             await self._control()
+            self.run_wall = time.monotonic() - t0
             deadline = time.monotonic() + c.drain_timeout
             while time.monotonic() < deadline and self.totals()["buffered"]:
                 await asyncio.sleep(0.05)
