@@ -274,10 +274,12 @@ def _accounting(con, demo: Demo, expected, stats, stored: int) -> bool:  # type:
     if short:
         con.print(f"[red]  {len(short)} node(s) did not take the readings they were due: "
                   + ", ".join(f"{s.device} {s.produced:,} of {s.expected:,}" for s in short[:5]) + "[/]")
-    if stored != taken:
+    if stored < taken:
         on_flash, dropped = sum(s.buffered for s in stats), sum(s.dropped for s in stats)
         con.print(f"[red]  {taken - stored:,} taken but not in InfluxDB: {on_flash:,} still on node flash, "
                   f"{dropped:,} dropped by full node buffers; the collector's log is in {demo.plan.state}[/]")
+    elif stored > taken:
+        con.print(f"[red]  InfluxDB holds {stored - taken:,} readings more than the nodes took[/]")
     return False
 
 
