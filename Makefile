@@ -1,17 +1,24 @@
 # kerbside: the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what is missing (Debian packages, a .venv, the MicroPython VM)
-# and are quick when everything is already there.
+# and are quick when everything is already there. `make demo` installs only
+# what the demo runs; `make test` adds the dev extras and the MicroPython VM.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV := .venv
 PY := $(VENV)/bin/python
-PY_STAMP := $(VENV)/.kerbside-installed
+BASE_STAMP := $(VENV)/.kerbside-base
+DEV_STAMP := $(VENV)/.kerbside-dev
 NPM_STAMP := tests/mpy/node_modules/.kerbside-installed
-APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client nodejs npm python3-venv
 PYTEST_ARGS ?=
 
-.PHONY: help test demo bench lint system-deps deps clean
+# What each command runs, as binary:Debian package. Only missing binaries are installed, one
+# package each: asking apt for a whole list fails on machines whose Node.js comes from NodeSource
+# (its nodejs package conflicts with Debian's npm), and apt-get update is slow.
+DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
+TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs npm:npm
+
+.PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
 
 help:
 	@echo "make demo   run brokers, collector and a simulated fleet, then print results"
@@ -19,23 +26,48 @@ help:
 	@echo "make bench  run the benchmarks (slow; never part of make test)"
 	@echo "make lint   ruff"
 
-# Debian packages, only when a binary is missing (apt-get update is slow).
-system-deps:
+# $(1): binary:package pairs. Never asks for npm or nodejs when node and npm are there; a NodeSource
+# node without npm is reported, not "fixed" with Debian's conflicting npm.
+define install_missing
 	@missing=""; \
-	for b in mosquitto mosquitto_pub influxd influx node npm; do \
-	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; \
+	for pair in $(1); do \
+	  b=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$pkg"; \
 	done; \
-	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+	  missing="$$missing python3-venv"; \
+	fi; \
+	if [[ " $$missing " == *" npm "* && " $$missing " != *" nodejs "* ]] && \
+	   dpkg-query -W -f='$${Version}' nodejs 2>/dev/null | grep -q nodesource; then \
+	  echo "node comes from NodeSource but npm is missing; NodeSource's nodejs package includes npm:"; \
+	  echo "reinstall it (apt-get install --reinstall nodejs) rather than Debian's npm, which conflicts with it"; \
+	  exit 1; \
+	fi; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages (missing:$$missing)"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $(APT_PACKAGES)"; exit 1; fi; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=""; \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	    else echo "run as root, or as root: apt-get install$$missing"; exit 1; fi; \
+	  fi; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
 
-$(PY_STAMP): pyproject.toml | system-deps
+system-deps-demo:
+	$(call install_missing,$(DEMO_BINS))
+
+system-deps:
+	$(call install_missing,$(TEST_BINS))
+
+$(BASE_STAMP): pyproject.toml | system-deps-demo
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(DEV_STAMP): $(BASE_STAMP) pyproject.toml | system-deps
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
@@ -43,15 +75,17 @@ $(NPM_STAMP): tests/mpy/package.json tests/mpy/package-lock.json | system-deps
 	cd tests/mpy && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-deps: system-deps $(PY_STAMP) $(NPM_STAMP)
+demo-deps: system-deps-demo $(BASE_STAMP)
 
-lint: $(PY_STAMP)
+deps: system-deps $(DEV_STAMP) $(NPM_STAMP)
+
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 test: deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: deps
+demo: demo-deps
 	$(VENV)/bin/kerbside demo $(DEMO_ARGS)
 
 bench: deps

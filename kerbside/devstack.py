@@ -41,10 +41,52 @@ from kerbside.provisioning.broker import render_base
 LOOPBACK = "127.0.0.1"
 
 
+PORT_ATTEMPTS = 5
+"""Starts on a fresh port before giving up, when another process takes the port between free_port() and the bind."""
+
+
 def free_port() -> int:
+    """A loopback port free now; another process may take it before ours binds it (Service.start retries)."""
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def listening(pid: int, port: int) -> bool | None:
+    """Whether process pid holds a listening TCP socket on port (None: no /proc to tell).
+
+    A connect or an HTTP ping succeeds against whatever owns the port; this asks the kernel whose
+    socket it is, so a service is never taken as ready because another process took its port."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{f[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None if not Path("/proc/net/tcp").exists() else False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
+
+
+def _said_port_taken(marks: dict[Path, int]) -> bool:
+    """Whether any of the logs, past the given offsets, says a port was already in use."""
+    for path, offset in marks.items():
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            f.seek(offset)
+            if b"address already in use" in f.read().lower():
+                return True
+    return False
+
+
+def _marks(*paths: Path) -> dict[Path, int]:
+    return {p: p.stat().st_size if p.exists() else 0 for p in paths}
 
 
 def require(binary: str, package: str) -> str:
@@ -58,7 +100,7 @@ T = TypeVar("T")
 
 
 def wait_for(cond: Callable[[], T], what: str, timeout: float = 30, *, proc: subprocess.Popen[bytes] | None = None,
-             log: Path | None = None, interval: float = 0.05) -> T:
+             log: Path | tuple[Path, ...] | None = None, interval: float = 0.05) -> T:
     """Poll cond() until it returns something truthy, and return that.
 
     OSError from cond() (a port or endpoint not up yet) counts as "not yet". With `proc`, the process
@@ -76,10 +118,9 @@ def wait_for(cond: Callable[[], T], what: str, timeout: float = 30, *, proc: sub
         time.sleep(interval)
 
 
-def _tail(log: Path | None) -> str:
-    if log is None or not log.exists():
-        return ""
-    return f"; log {log}:\n{log.read_text(errors='replace')[-2000:]}"
+def _tail(log: Path | tuple[Path, ...] | None) -> str:
+    logs = () if log is None else (log,) if isinstance(log, Path) else log
+    return "".join(f"; log {p}:\n{p.read_text(errors='replace')[-2000:]}" for p in logs if p.exists())
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -116,7 +157,31 @@ class Service:
     name: str
     state: Path
     port: int
+    """0: any free port, chosen by start(). Read .port/.url after start(): the port may change there."""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    started: bool = field(default=False, repr=False)
+    """Has run once: a restart keeps its port, since clients know it."""
+
+    def _start(self, launch: callable, ready: callable, logs: tuple[Path, ...], timeout: float) -> None:  # type: ignore[valid-type]
+        """launch() (writes the config for self.port and spawns self.proc) until ready().
+
+        free_port() and the service's bind are separate, so another process can take the port in
+        between: then the service exits saying so, and a service that never ran tries a fresh port
+        (PORT_ATTEMPTS in all). Any other failure, or a taken port on restart, is a ServiceError."""
+        if not self.port:
+            self.port = free_port()
+        for attempt in range(PORT_ATTEMPTS):
+            marks = _marks(*logs)
+            launch()
+            try:
+                wait_for(ready, self.name, timeout, proc=self.proc, log=logs)
+            except ServiceError:
+                if self.started or attempt == PORT_ATTEMPTS - 1 or not _said_port_taken(marks):
+                    raise
+                self.port = free_port()
+                continue
+            self.started = True
+            return
 
     @property
     def log(self) -> Path:
@@ -157,6 +222,10 @@ class Mosquitto(Service):
     def url(self) -> str:
         return f"mqtt://{LOOPBACK}:{self.port}"
 
+    @property
+    def log(self) -> Path:
+        return self.state / "mosquitto.log"  # where MOSQUITTO_BASE has it write, whatever the service's name
+
     def config(self) -> str:
         text = (DEV_HEADER + render_base(self.state, self.max_queued, MqttConfig(), log_dest=f"file {self.state}/mosquitto.log")
                 + f"listener {self.port} {LOOPBACK}\n")
@@ -172,17 +241,23 @@ class Mosquitto(Service):
         binary = require("mosquitto", "mosquitto")
         self.state.mkdir(parents=True, exist_ok=True)
         conf = self.state / "mosquitto.conf"
-        conf.write_text(self.config())
-        out = open(self.state / "mosquitto.stdout", "ab")
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.log.touch()
+        stdout = self.state / "mosquitto.stdout"  # "Address already in use" goes to stderr
+
+        def launch() -> None:
+            conf.write_text(self.config())
+            out = open(stdout, "ab")  # owned by the child
+            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+            self.log.touch()
 
         def ready() -> bool:
+            assert self.proc is not None
+            if listening(self.proc.pid, self.port) is False:
+                return False
             with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
                 return True
 
-        wait_for(ready, "mosquitto", timeout, proc=self.proc, log=self.log)
+        self._start(launch, ready, (self.log, stdout), timeout)
         return self
 
 
@@ -234,21 +309,28 @@ class Influxd(Service):
     def start(self, timeout: float = 60) -> Influxd:
         binary = require("influxd", "influxdb")
         self.state.mkdir(parents=True, exist_ok=True)
-        if not self.rpc_port:
-            self.rpc_port = free_port()
         conf = self.state / "influxdb.conf"
-        conf.write_text(INFLUXD_CONF.format(state=self.state, host=LOOPBACK, port=self.port,
-                                            rpc_port=self.rpc_port, cq_interval=self.cq_interval))
-        log = open(self.log, "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
-        self.proc = subprocess.Popen([binary, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
+        launches = []
+
+        def launch() -> None:
+            if not self.rpc_port or (launches and not self.started):
+                self.rpc_port = free_port()  # a retry: either port may have been the one taken
+            launches.append(self.port)
+            conf.write_text(INFLUXD_CONF.format(state=self.state, host=LOOPBACK, port=self.port,
+                                                rpc_port=self.rpc_port, cq_interval=self.cq_interval))
+            log = open(self.log, "ab")  # owned by the child
+            self.proc = subprocess.Popen([binary, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
 
         def ready() -> bool:
+            assert self.proc is not None
+            if listening(self.proc.pid, self.port) is False:
+                return False
             with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:
                 return bool(r.status == 204)
 
-        wait_for(ready, "influxd", timeout, proc=self.proc, log=self.log)
+        self._start(launch, ready, (self.log,), timeout)
         return self
 
 

@@ -36,7 +36,8 @@ def simulate_cmd(
     air: int = typer.Option(None, "--air", help="Air-quality nodes (overrides the split from --nodes)."),
     traffic: int = typer.Option(None, "--traffic", help="Traffic nodes (overrides the split from --nodes)."),
     duration: float = typer.Option(3600, "--duration", "-d", help="Simulated seconds to run (86400 = a day)."),
-    speedup: float = typer.Option(60, "--speedup", "-x", help="Simulated seconds per real second."),
+    speedup: float = typer.Option(60, "--speedup", "-x", help="Simulated seconds per real second, at most: a host "
+                                  "too slow for it makes the run longer, never skips a reading."),
     start: str = typer.Option(None, "--start", help="Simulated start (ISO date, UTC); default: now minus duration."),
     seed: int = typer.Option(1, "--seed", help="Same seed, same fleet: ids, places, signals and faults."),
     period: int = typer.Option(60, "--period", help="Reading interval of every node, s."),
@@ -93,29 +94,39 @@ def simulate_cmd(
                                        never_sync_nodes=never_sync, broken_sensor_nodes=broken_sensor))
     console = Console()
 
+    cols = ("nodes", "connected", "expected", "produced", "sent", "buffered", "dropped")
+
     def view(f: Fleet) -> Table:
         t = f.totals()
-        frac = min(1.0, (f.clock.now() - f.start) / max(1.0, f.end - f.start))
         when = dt.datetime.fromtimestamp(min(f.clock.now(), f.end), dt.UTC).strftime("%Y-%m-%d %H:%M")
-        tab = Table(title=f"kerbside fleet - {f.phase} - simulated {when} UTC ({frac:.0%})")
-        for col in ("nodes", "connected", "produced", "sent", "buffered", "dropped"):
+        tab = Table(title=f"kerbside fleet - {f.phase} - simulated {when} UTC ({f.progress():.0%})")
+        for col in cols:
             tab.add_column(col, justify="right")
-        tab.add_row(*(str(t[k]) for k in ("nodes", "connected", "produced", "sent", "buffered", "dropped")))
+        tab.add_row(*(str(t[k]) for k in cols))
         return tab
 
+    try:
+        fleet = Fleet(cfg)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     with Live(console=console, refresh_per_second=4) as live:
-        fleet = Fleet(cfg, on_tick=lambda f: live.update(view(f)))
+        fleet.on_tick = lambda f: live.update(view(f))
         try:
             snap = asyncio.run(fleet.run())
         except OSError as e:
             raise typer.BadParameter(f"cannot reach the broker {broker}: {e}") from None
     tab = Table(title="per node")
-    for col in ("device", "kit", "zone", "produced", "sent", "buffered", "dropped", "boots", "synced"):
+    for col in ("device", "kit", "zone", "expected", "produced", "sent", "buffered", "dropped", "boots", "synced"):
         tab.add_column(col)
     for s in snap:
-        tab.add_row(s.device, s.kit, s.zone, str(s.produced), str(s.sent), str(s.buffered), str(s.dropped),
-                    str(s.boots), "yes" if s.synced else "NO")
+        tab.add_row(s.device, s.kit, s.zone, str(s.expected), str(s.produced), str(s.sent), str(s.buffered),
+                    str(s.dropped), str(s.boots), "yes" if s.synced else "NO")
     console.print(tab)
+    short = [s for s in snap if s.produced != s.expected]
+    if short:
+        console.print(f"[bold red]{len(short)} node(s) did not take the readings they were due "
+                      f"({sum(s.produced for s in short)} taken, {sum(s.expected for s in short)} expected)[/]")
+        raise typer.Exit(1)
     if any(s.buffered for s in snap):
         console.print("[yellow]some readings are still buffered on virtual flash; "
                       "the next run with this --state-dir sends them[/]")

@@ -237,7 +237,7 @@ class SimBoard:
         self.cal = cal or {}
         self.pins = pins or {}
         self.synced = False
-        self.boot_v = clock.now()
+        self.boot_us = clock.now_us()
         self.boots = 0
         self._wlan: FakeWLAN = FakeWLAN(self)
         self.machine = self._machine()
@@ -260,7 +260,7 @@ class SimBoard:
     def power_on(self) -> None:
         """A (re)boot: the RTC starts again from 2000-01-01 until NTP sets it."""
         self.synced = False
-        self.boot_v = self.clock.now()
+        self.boot_us = self.clock.now_us()
         self.boots += 1
         self._wlan = FakeWLAN(self)
 
@@ -272,22 +272,22 @@ class SimBoard:
         return int(self.time_ms() // 1000)
 
     def time_ms(self) -> int:
-        now = self.clock.now()
+        """Whole milliseconds, from the clock's integer microseconds: no float rounding, so a node
+        woken at the deadline it computed reads exactly that deadline."""
+        now = self.clock.now_us()
         if self.synced:
-            return int(now * 1000)
-        return int((EPOCH_2000 + now - self.boot_v) * 1000)
+            return now // 1000
+        return EPOCH_2000 * 1000 + (now - self.boot_us) // 1000
 
     def ticks_ms(self) -> int:
-        return int((self.clock.now() - self.boot_v) * 1000)
+        return (self.clock.now_us() - self.boot_us) // 1000
 
     async def sleep_ms(self, ms: float) -> None:
         await self.clock.sleep(ms / 1000)
 
     def block_ms(self, ms: float) -> None:
         """Blocking sleep on the virtual clock (the self-test runs outside the event loop)."""
-        import time
-
-        time.sleep(ms / 1000 / self.clock.speedup)
+        self.clock.block(ms / 1000)
 
     def randbits(self, n: int) -> int:
         return self.rng.getrandbits(n)

@@ -38,6 +38,11 @@ class Relay:
             self.refused += 1
             w.close()
             return
+        if self.is_down():  # the fault began while we were connecting: cut() did not see this one
+            self.refused += 1
+            bw.close()
+            w.close()
+            return
         self._writers.update((w, bw))
         await asyncio.gather(self._pipe(r, bw), self._pipe(br, w), return_exceptions=True)
         self._writers.difference_update((w, bw))

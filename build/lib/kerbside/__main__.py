@@ -1,3 +1,0 @@
-from kerbside.cli import main
-
-main()

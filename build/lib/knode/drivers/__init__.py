@@ -1,1 +1,0 @@
-# kerbside node firmware - sensor drivers: frame parsers with error counts.
