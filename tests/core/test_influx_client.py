@@ -52,7 +52,7 @@ class _Server(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
     _Server.seen, _Server.status, _Server.body = [], 204, b""
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
