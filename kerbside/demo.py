@@ -64,15 +64,15 @@ class Demo:
         self.plan = plan
         self.broker = Mosquitto("mosquitto", plan.state / "mosquitto", free_port())
         self.influxd = Influxd("influxd", plan.state / "influxd", free_port(), cq_interval="10s")
-        self.http_port = free_port()
         self.registry = plan.state / "registry.json"
         self.settings = Config()
         """What the demo's kerbside commands use, whatever settings file or KERBSIDE_* variables the user has."""
         s = self.settings
         s.mqtt.url, s.mqtt.client_id = self.broker.url, "kerbside-demo-collector"
         s.influx.url, s.influx.db, s.influx.unsynced_rp = self.influxd.url, DB, "unsynced"
-        s.spool.dir, s.registry.path, s.http.port = str(plan.state / "collector" / "spool"), str(self.registry), self.http_port
-        self.collector = CollectorProcess("collector", plan.state, self.http_port, settings=self.settings)
+        s.spool.dir, s.registry.path = str(plan.state / "collector" / "spool"), str(self.registry)
+        self.collector = CollectorProcess("collector", plan.state, 0, settings=self.settings)
+        """Its /metrics port is chosen when it starts (collector.port)."""
         self.simulating = threading.Event()
         self.events: list[str] = []
 
@@ -168,6 +168,8 @@ def run(plan: DemoPlan) -> int:
         with con.status("starting InfluxDB and Mosquitto on loopback…"):
             demo.influxd.start()
             demo.broker.start()
+        # their ports are final only now (a port taken by another process is replaced at start)
+        demo.settings.mqtt.url, demo.settings.influx.url = demo.broker.url, demo.influxd.url
         con.print(f"[green]✓[/] InfluxDB {demo.influxd.url}   Mosquitto {demo.broker.url}   (state in {plan.state})")
         env = child_env(demo.settings)
         subprocess.run(demo.kerbside("db", "init"), env=env, check=True, stdout=subprocess.DEVNULL)
@@ -179,7 +181,7 @@ def run(plan: DemoPlan) -> int:
             return 2
         fleet.write_registry(demo.registry)
         demo.start_collector()
-        con.print(f"[green]✓[/] collector running (metrics http://{LOOPBACK}:{demo.http_port}/metrics)")
+        con.print(f"[green]✓[/] collector running (metrics http://{LOOPBACK}:{demo.collector.port}/metrics)")
         con.print(f"simulating {plan.days:g} days of {plan.air} air-quality and {plan.traffic} traffic nodes "
                   f"({plan.start:%d %b} → {plan.end:%d %b}, LEZ from {plan.lez_from:%d %b}), "
                   f"~{plan.wall_s / 60:.1f} min; a broker outage and node outages are injected")

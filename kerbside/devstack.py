@@ -357,14 +357,26 @@ class CollectorProcess(Service):
         return cfg
 
     def start(self, wait: bool = True, timeout: float = 30) -> CollectorProcess:
+        """Start it; with `wait`, until the broker has accepted its subscriptions (and on a fresh /metrics port
+        if another process took this one first). Without `wait` (a broker that is down on purpose), no retry."""
         self.state.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")  # owned by the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "kerbside", "collect"], env=child_env(self.config()),
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
+
+        def launch() -> None:
+            out = open(self.log, "ab")  # owned by the child
+            self.proc = subprocess.Popen([sys.executable, "-m", "kerbside", "collect"], env=child_env(self.config()),
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            out.close()
+
+        def ready() -> bool:
+            assert self.proc is not None
+            ours = listening(self.proc.pid, self.port) is not False  # not another process's /metrics
+            return ours and scrape_metrics(self.port).get("kerbside_mqtt_subscribed") == 1
+
         if wait:
-            wait_for(lambda: scrape_metrics(self.port).get("kerbside_mqtt_subscribed") == 1,
-                     f"collector {self.name} subscribed", timeout, proc=self.proc, log=self.log)
+            self._start(launch, ready, (self.log,), timeout)
+        else:
+            self.port = self.port or free_port()
+            launch()
         return self
 
     def metrics(self) -> dict[str, float] | None:

@@ -49,3 +49,21 @@ def test_a_restart_on_a_taken_port_fails_and_says_why(tmp_path: Path) -> None:
             svc.start(timeout=10)
     svc.stop()
     assert svc.port == port
+
+
+def test_a_collector_whose_metrics_port_was_taken_starts_on_a_fresh_one(taken: socket.socket, tmp_path: Path) -> None:
+    from kerbside.devstack import CollectorProcess
+
+    port = taken.getsockname()[1]
+    broker = Mosquitto("mosquitto", tmp_path / "mq", 0).start()
+    coll = CollectorProcess("collector", tmp_path / "c", port, settings={
+        "mqtt": {"url": broker.url, "client_id": "ports-test"}, "spool": {"dir": tmp_path / "c" / "spool"}})
+    try:
+        coll.start(timeout=30)
+        assert coll.port != port
+        assert listening(coll.proc.pid, coll.port) is True
+        assert (coll.metrics() or {}).get("kerbside_mqtt_subscribed") == 1
+        assert b"address already in use" in coll.log.read_bytes().lower(), "the first attempt did meet the taken port"
+    finally:
+        coll.stop()
+        broker.stop()
