@@ -9,14 +9,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BASE_STAMP := $(VENV)/.kerbside-base
 DEV_STAMP := $(VENV)/.kerbside-dev
-NPM_STAMP := tests/mpy/node_modules/.kerbside-installed
+VM_STAMP := tests/mpy/node_modules/.kerbside-installed
 PYTEST_ARGS ?=
 
 # What each command runs, as binary:Debian package. Only missing binaries are installed, one
 # package each: asking apt for a whole list fails on machines whose Node.js comes from NodeSource
-# (its nodejs package conflicts with Debian's npm), and apt-get update is slow.
+# (its nodejs package conflicts with Debian's npm), and apt-get update is slow. npm is not needed:
+# tests/mpy/install.py fetches the pinned MicroPython VM itself; only node runs it.
 DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
-TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs npm:npm
+TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs
 
 .PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
 
@@ -26,8 +27,7 @@ help:
 	@echo "make bench  run the benchmarks (slow; never part of make test)"
 	@echo "make lint   ruff"
 
-# $(1): binary:package pairs. Never asks for npm or nodejs when node and npm are there; a NodeSource
-# node without npm is reported, not "fixed" with Debian's conflicting npm.
+# $(1): binary:package pairs. Never asks for nodejs when node is there, whoever packaged it.
 define install_missing
 	@missing=""; \
 	for pair in $(1); do \
@@ -36,12 +36,6 @@ define install_missing
 	done; \
 	if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
 	  missing="$$missing python3-venv"; \
-	fi; \
-	if [[ " $$missing " == *" npm "* && " $$missing " != *" nodejs "* ]] && \
-	   dpkg-query -W -f='$${Version}' nodejs 2>/dev/null | grep -q nodesource; then \
-	  echo "node comes from NodeSource but npm is missing; NodeSource's nodejs package includes npm:"; \
-	  echo "reinstall it (apt-get install --reinstall nodejs) rather than Debian's npm, which conflicts with it"; \
-	  exit 1; \
 	fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -71,13 +65,13 @@ $(DEV_STAMP): $(BASE_STAMP) pyproject.toml | system-deps
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-$(NPM_STAMP): tests/mpy/package.json tests/mpy/package-lock.json | system-deps
-	cd tests/mpy && npm ci --no-audit --no-fund --loglevel=error
+$(VM_STAMP): tests/mpy/package-lock.json tests/mpy/install.py | system-deps
+	python3 tests/mpy/install.py
 	@touch $@
 
 demo-deps: system-deps-demo $(BASE_STAMP)
 
-deps: system-deps $(DEV_STAMP) $(NPM_STAMP)
+deps: system-deps $(DEV_STAMP) $(VM_STAMP)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

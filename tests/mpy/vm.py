@@ -59,7 +59,7 @@ def run(code: str, heap: int = ESP32_HEAP, libs: tuple[Path, ...] = (FIRMWARE_LI
         files: dict[str, Path] | None = None, timeout: float = 300) -> Result:
     """Run code (a script's text) with each lib copied to /lib/<name> in the VM."""
     if not available():
-        raise VMMissing("MicroPython VM missing: run `make test` (npm install in tests/mpy)")
+        raise VMMissing("MicroPython VM missing: run `make test` (python3 tests/mpy/install.py)")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(code)
         script = f.name
