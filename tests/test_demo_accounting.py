@@ -6,11 +6,19 @@ import io
 import types
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from kerbside.demo import _accounting
 from kerbside.simulator.expected import Expected
 from kerbside.simulator.fleet import NodeStats
+
+
+@pytest.fixture(autouse=True)
+def _a_real_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI runs with TERM=dumb, where rich ignores the width asked for and wraps at 80 columns."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 def _run(expected: Expected, stats: list[NodeStats], stored: int) -> tuple[bool, str]:
