@@ -55,7 +55,10 @@ def test_retained_status_and_last_will_drive_online_view(tmp_path: Path, broker,
         assert health["spool"]["batches"] == 0
         # The node's last will fires: it goes offline.
         pub.publish_many([(wire.topic("000000a1", "status"), _status("000000a1", False, dt=5))], retain=True)
-        wait_for(lambda: scrape(cfg.http.port).get('kerbside_device_online{device="000000a1"}') == 0, "offline", 10)
+        wait_for(lambda: scrape(cfg.http.port).get("kerbside_devices_offline") == 2, "offline", 10)
+        m = scrape(cfg.http.port)
+        assert m["kerbside_devices_online"] == 0
+        assert not any(k.startswith("kerbside_device_online") for k in m), "no series per device without a registry"
         wait_for(lambda: len(influx.points("status")) == 3, "status points", 10)
     pub.close()
 
