@@ -286,7 +286,8 @@ class Collector:
 
     def _block(self, store: str, e: OSError) -> None:
         """A store could not be written: say so (log, metrics, /healthz); the caller keeps its batch and retries."""
-        text = str(e) if isinstance(e, storage.StoreFull) else f"{store}: {e.strerror or e} ({e.filename or ''})"
+        where = e.filename or {"spool": self.spool.dir, "dlq": self.dlq.dir, "state": self.cfg.state_dir}.get(store, "")
+        text = str(e) if isinstance(e, storage.StoreFull) else f"{store}: {e.strerror or e} (in {where})"
         if not isinstance(e, storage.StoreFull):
             self.metrics.inc("kerbside_storage_errors_total", store=store)
         if self.blocked is None or (self.blocked.store, self.blocked.error) != (store, text):
@@ -432,6 +433,7 @@ class Collector:
             return
         if d.kind == "readings":
             rp = self.cfg.influx.rp if d.synced else self.cfg.influx.unsynced_rp
+            self._watch_session()  # now: a takeover may have happened while the decoder waited for this message
             # In a shared group this member sees part of each stream: `kerbside gaps scan` finds gaps instead.
             gap_lines = [] if self.cfg.mqtt.group else self.tracker.observe(
                 d.device, d.seq, d.count, d.t0, d.period, tags or {}, may_open=not self._partial)
