@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ from kc_helpers import (  # type: ignore[import-not-found]
 
 from influx_helpers import InfluxHTTP  # type: ignore[import-not-found]
 from kerbside.collector.dlq import KEEP_BYTES, DeadLetters
-from kerbside.core.settings import child_env
+from kerbside.core.settings import Config, child_env
 from kerbside.devstack import Influxd, Mosquitto, free_port
 from knode import wire
 
@@ -132,41 +133,75 @@ def metric(port: int, name: str) -> float:
 
 
 # --- the disk --------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    proc: subprocess.Popen[bytes]
+    port: int
+    pub: Publisher
+    watch: HealthWatch
+
+    def metric(self, name: str) -> float:
+        return metric(self.port, name)
+
+    def blocked(self) -> bool:
+        return self.metric("kerbside_storage_blocked") == 1
+
+    def settled(self) -> bool:
+        """Everything received is durable and acked, and nothing blocks."""
+        return self.metric("kerbside_unacked_messages") == 0 and not self.blocked()
+
+
+@contextlib.contextmanager
+def watched(cfg: Config, broker: Mosquitto, log: Path, fault: bool = True) -> Iterator[Run]:
+    """The collector subprocess, a publisher, and /healthz sampled all along; afterwards it must never have said ok
+    while it could not write (and with `fault`, it must have seen that it could not)."""
+    proc = spawn(cfg, log)
+    run = Run(proc, cfg.http.port, Publisher(broker), HealthWatch(cfg.http.port))
+    run.watch.start()
+    try:
+        yield run
+    finally:
+        run.watch.stop()
+        run.pub.close()
+        if proc.poll() is None:
+            proc.kill()
+    if fault:
+        never_ok_while_blocked(run.watch.samples)
+    else:
+        assert [s for s in run.watch.samples if s[1] is not None] == []
+
+
+@pytest.fixture
+def down(tmp_path: Path) -> Iterator[Influxd]:
+    """An InfluxDB that is down until the test starts it."""
+    server = Influxd("influxd", tmp_path / "influxd", free_port())
+    yield server
+    server.stop()
+
+
 def test_a_full_disk_with_influxdb_up_blocks_acks_and_resumes_when_freed(tmp_path: Path, broker, influx, influxd) -> None:  # type: ignore[no-untyped-def]
     """InfluxDB takes the lines, but the sequence state and the dead letters must be saved before the ack."""
     with small_disk(tmp_path / "disk", "2m") as disk:
         cfg = make_config(tmp_path, broker, influxd.url, influx.db, spool__dir=str(disk / "spool"))
-        port = cfg.http.port
         msgs, seqs = make_stream(devices=3, total=6000, seed=31)
         junk = [(wire.topic("c0110000", "readings"), b"\xff junk %d" % i) for i in range(5)]
         log = tmp_path / "collector.log"
-        proc = spawn(cfg, log)
-        watch = HealthWatch(port)
-        watch.start()
-        pub = Publisher(broker)
-        try:
+        with watched(cfg, broker, log) as run:
             filler = fill(disk)  # not a byte left
             half = len(msgs) // 2
-            pub.publish_many(msgs[:half] + junk)
-            wait_for(lambda: metric(port, "kerbside_storage_blocked") == 1, "blocked on the full disk", 30)
-            code, doc = healthz(port)
+            run.pub.publish_many(msgs[:half] + junk)
+            wait_for(run.blocked, "blocked on the full disk", 30)
+            code, doc = healthz(run.port)
             assert code == 503 and any("cannot be written" in p and "No space left" in p for p in doc["problems"]), doc
-            assert metric(port, "kerbside_unacked_messages") > 0
-            pub.publish_many(msgs[half:])  # more arrive meanwhile: the broker keeps them
+            assert run.metric("kerbside_unacked_messages") > 0
+            run.pub.publish_many(msgs[half:])  # more arrive meanwhile: the broker keeps them
             time.sleep(2)
-            assert proc.poll() is None and metric(port, "kerbside_storage_blocked") == 1, "still blocked, still running"
+            assert run.proc.poll() is None and run.blocked(), "still blocked, still running"
             filler.unlink()
             wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "every reading once the disk was freed", 60)
-            wait_for(lambda: metric(port, "kerbside_unacked_messages") == 0 and metric(port, "kerbside_storage_blocked") == 0,
-                     "all acked", 30)
-            assert healthz(port)[0] == 200
-            stop(proc)
-        finally:
-            samples = watch.stop()
-            pub.close()
-            if proc.poll() is None:
-                proc.kill()
-        never_ok_while_blocked(samples)
+            wait_for(run.settled, "all acked", 30)
+            assert healthz(run.port)[0] == 200
+            stop(run.proc)
         text = log.read_text()
         assert "not acking, the broker queues meanwhile. Free space on that disk" in text and "acking resumes" in text
         assert sorted(e.payload for e in DeadLetters(cfg.dlq_dir).entries()) == sorted(p for _, p in junk)  # once each
@@ -179,138 +214,84 @@ def test_sigterm_while_blocked_exits_at_once_and_a_restart_loses_nothing(tmp_pat
         cfg = make_config(tmp_path, broker, influxd.url, influx.db, spool__dir=str(disk / "spool"))
         msgs, seqs = make_stream(devices=2, total=2000, seed=35)
         log = tmp_path / "collector.log"
-        proc = spawn(cfg, log)
-        try:
+        with watched(cfg, broker, log) as run:
             filler = fill(disk)
-            pub = Publisher(broker)
-            pub.publish_many(msgs)
-            pub.close()
-            wait_for(lambda: metric(cfg.http.port, "kerbside_storage_blocked") == 1, "blocked", 30)
+            run.pub.publish_many(msgs)
+            wait_for(run.blocked, "blocked", 30)
             t0 = time.monotonic()
-            stop(proc)  # exit status 0: nothing unacked is lost, the broker redelivers it
+            stop(run.proc)  # exit status 0: nothing unacked is lost, the broker redelivers it
             assert time.monotonic() - t0 < 5
-            assert "stopping while the state cannot be written" in log.read_text()
-            filler.unlink()
-            proc = spawn(cfg, log)
+        assert "stopping while the state cannot be written" in log.read_text()
+        filler.unlink()
+        with watched(cfg, broker, log, fault=False) as run:
             wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "every reading after the restart", 60)
-            stop(proc)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+            stop(run.proc)
     report("SIGTERM while blocked, restart", seqs, influx)
 
 
-def test_a_full_disk_with_influxdb_down_stops_acks_then_spools_then_replays(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
-    db = Influxd("influxd", tmp_path / "influxd", free_port())  # down from the start
-    influx = InfluxHTTP(db.url, "diskdown")
+def test_a_full_disk_with_influxdb_down_stops_acks_then_spools_then_replays(tmp_path: Path, broker, down) -> None:  # type: ignore[no-untyped-def]
+    influx = InfluxHTTP(down.url, "diskdown")
     with small_disk(tmp_path / "disk", "4m") as disk:
-        cfg = make_config(tmp_path, broker, db.url, "diskdown", spool__dir=str(disk / "spool"), spool__max_bytes=64 << 20)
-        port = cfg.http.port
+        cfg = make_config(tmp_path, broker, down.url, "diskdown", spool__dir=str(disk / "spool"), spool__max_bytes=64 << 20)
         msgs, seqs = make_stream(devices=3, total=6000, seed=32)  # about 1 MB of line protocol
-        proc = spawn(cfg, tmp_path / "collector.log")
-        watch = HealthWatch(port)
-        watch.start()
-        pub = Publisher(broker)
-        try:
+        with watched(cfg, broker, tmp_path / "collector.log") as run:
             filler = fill(disk, leave=300_000)
-            pub.publish_many(msgs)
-            wait_for(lambda: metric(port, "kerbside_storage_blocked") == 1, "blocked on the full disk", 30)
-            assert metric(port, "kerbside_lines_spooled_total") < 6000
-            assert metric(port, "kerbside_storage_errors_total") > 0
+            run.pub.publish_many(msgs)
+            wait_for(run.blocked, "blocked on the full disk", 30)
+            assert run.metric("kerbside_lines_spooled_total") < 6000
+            assert run.metric("kerbside_storage_errors_total") > 0
             filler.unlink()
-            wait_for(lambda: metric(port, "kerbside_unacked_messages") == 0 and metric(port, "kerbside_storage_blocked") == 0,
-                     "everything spooled and acked once there was room", 30)
-            assert metric(port, "kerbside_lines_spooled_total") == 6000  # each batch spooled once, whole
-            db.start()
+            wait_for(run.settled, "everything spooled and acked once there was room", 30)
+            assert run.metric("kerbside_lines_spooled_total") == 6000  # each batch spooled once, whole
+            down.start()
             wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "the spool replayed", 60)
-            wait_for(lambda: metric(port, "kerbside_spool_batches") == 0, "spool empty", 30)
-            stop(proc)
-        finally:
-            samples = watch.stop()
-            pub.close()
-            if proc.poll() is None:
-                proc.kill()
-        never_ok_while_blocked(samples)
+            wait_for(lambda: run.metric("kerbside_spool_batches") == 0, "spool empty", 30)
+            stop(run.proc)
         assert not list((disk / "spool").glob("*.seg"))
-    try:
-        report("disk full, InfluxDB down", seqs, influx)
-    finally:
-        db.stop()
+    report("disk full, InfluxDB down", seqs, influx)
 
 
-def test_a_spool_that_filled_the_disk_makes_room_by_replaying(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+def test_a_spool_that_filled_the_disk_makes_room_by_replaying(tmp_path: Path, broker, down) -> None:  # type: ignore[no-untyped-def]
     """Nothing is freed by anyone: once InfluxDB is back, replay (an in-place cursor, segments deleted) makes room."""
-    db = Influxd("influxd", tmp_path / "influxd", free_port())
-    influx = InfluxHTTP(db.url, "spoolfill")
+    influx = InfluxHTTP(down.url, "spoolfill")
     with small_disk(tmp_path / "disk", "1536k") as disk:
-        cfg = make_config(tmp_path, broker, db.url, "spoolfill", spool__dir=str(disk / "spool"), spool__max_bytes=4 << 20)
-        port = cfg.http.port
+        cfg = make_config(tmp_path, broker, down.url, "spoolfill", spool__dir=str(disk / "spool"), spool__max_bytes=4 << 20)
         msgs, seqs = make_stream(devices=3, total=12_000, seed=33)  # about 2 MB: more than the disk
         log = tmp_path / "collector.log"
-        proc = spawn(cfg, log)
-        watch = HealthWatch(port)
-        watch.start()
-        pub = Publisher(broker)
-        try:
-            pub.publish_many(msgs)
-            wait_for(lambda: metric(port, "kerbside_storage_blocked") == 1, "the spool filled the disk", 30)
-            assert metric(port, "kerbside_spool_bytes") < 1536 << 10
-            db.start()
+        with watched(cfg, broker, log) as run:
+            run.pub.publish_many(msgs)
+            wait_for(run.blocked, "the spool filled the disk", 30)
+            assert run.metric("kerbside_spool_bytes") < 1536 << 10
+            down.start()
             wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "every reading", 90)
-            wait_for(lambda: metric(port, "kerbside_spool_batches") == 0 and metric(port, "kerbside_storage_blocked") == 0,
-                     "spool empty, unblocked", 30)
-            stop(proc)
-        finally:
-            samples = watch.stop()
-            pub.close()
-            if proc.poll() is None:
-                proc.kill()
-        never_ok_while_blocked(samples)
+            wait_for(lambda: run.metric("kerbside_spool_batches") == 0 and run.settled(), "spool empty, unblocked", 30)
+            stop(run.proc)
         assert "acking resumes" in log.read_text()
-    try:
-        report("spool fills the disk, InfluxDB back", seqs, influx)
-    finally:
-        db.stop()
+    report("spool fills the disk, InfluxDB back", seqs, influx)
 
 
-def test_a_read_only_disk_blocks_acks_and_resumes_when_writable(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
-    db = Influxd("influxd", tmp_path / "influxd", free_port())
-    influx = InfluxHTTP(db.url, "readonly")
+def test_a_read_only_disk_blocks_acks_and_resumes_when_writable(tmp_path: Path, broker, down) -> None:  # type: ignore[no-untyped-def]
+    influx = InfluxHTTP(down.url, "readonly")
     with small_disk(tmp_path / "disk", "4m") as disk:
-        cfg = make_config(tmp_path, broker, db.url, "readonly", spool__dir=str(disk / "spool"))
-        port = cfg.http.port
+        cfg = make_config(tmp_path, broker, down.url, "readonly", spool__dir=str(disk / "spool"))
         msgs, seqs = make_stream(devices=3, total=3000, seed=34)
         log = tmp_path / "collector.log"
-        proc = spawn(cfg, log)
-        remount(disk, "ro")  # as the kernel does after disk errors (errors=remount-ro)
-        watch = HealthWatch(port)
-        watch.start()
-        pub = Publisher(broker)
-        try:
-            pub.publish_many(msgs)
-            wait_for(lambda: metric(port, "kerbside_storage_blocked") == 1, "blocked on the read-only disk", 30)
-            code, doc = healthz(port)
-            assert code == 503 and any("Read-only file system" in p for p in doc["problems"]), doc
-            time.sleep(1.5)
-            remount(disk, "rw")
-            wait_for(lambda: metric(port, "kerbside_unacked_messages") == 0 and metric(port, "kerbside_storage_blocked") == 0,
-                     "spooled once writable", 30)
-            db.start()
-            wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "the spool replayed", 60)
-            stop(proc)
-        finally:
-            samples = watch.stop()
-            pub.close()
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(AssertionError):
+        with watched(cfg, broker, log) as run:
+            remount(disk, "ro")  # as the kernel does after disk errors (errors=remount-ro)
+            try:
+                run.pub.publish_many(msgs)
+                wait_for(run.blocked, "blocked on the read-only disk", 30)
+                code, doc = healthz(run.port)
+                assert code == 503 and any("Read-only file system" in p for p in doc["problems"]), doc
+                time.sleep(1.5)
+            finally:
                 remount(disk, "rw")
-        never_ok_while_blocked(samples)
+            wait_for(run.settled, "spooled once writable", 30)
+            down.start()
+            wait_for(lambda: seq_summary(influx) == expected_summary(seqs), "the spool replayed", 60)
+            stop(run.proc)
         assert "The filesystem is read-only" in log.read_text()
-    try:
-        report("disk read-only, InfluxDB down", seqs, influx)
-    finally:
-        db.stop()
+    report("disk read-only, InfluxDB down", seqs, influx)
 
 
 # --- threads ---------------------------------------------------------------------------------------------
