@@ -691,9 +691,8 @@ class Collector:
                 if self._acks and (item is None or self.due()):
                     self._put(self._cut())
             self._put(self._cut())
-        except BaseException as e:
+        except BaseException as e:  # logged with its traceback; the CLI exits 1 on self.failed
             self._fail("thread decoder", e)
-            raise
         finally:
             self._hand_over(None)  # the writer's signal to finish
             writer.join(60)
