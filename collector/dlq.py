@@ -85,17 +85,11 @@ class DeadLetters:
         self._seq = 0
         self._ends: dict[Path, int] = {}
         """Where the last complete line of each file written to ends."""
-        self._bytes: int | None = None
+        self.bytes = self._measure()
+        """Bytes the store's files take (measured again when the budget looks exceeded)."""
         self._warned = False
 
     # --- size -----------------------------------------------------------------------
-    @property
-    def bytes(self) -> int:
-        """Bytes the store's files take (measured on first use and when the budget looks exceeded)."""
-        if self._bytes is None:
-            self._bytes = self._measure()
-        return self._bytes
-
     def _measure(self) -> int:
         try:
             return sum(p.stat().st_size for p in self.dir.glob("*.jsonl"))
@@ -104,9 +98,9 @@ class DeadLetters:
 
     def _check(self, more: int) -> None:
         if self.bytes + more > self.max_bytes:
-            self._bytes = self._measure()  # an operator may have moved old day files away
-            if self._bytes + more > self.max_bytes:
-                raise DlqFull(f"dead-letter store {self.dir} holds {self._bytes} of {self.max_bytes} bytes "
+            self.bytes = self._measure()  # an operator may have moved old day files away
+            if self.bytes + more > self.max_bytes:
+                raise DlqFull(f"dead-letter store {self.dir} holds {self.bytes} of {self.max_bytes} bytes "
                               "(dlq.max_bytes): look at them (kerbside dlq list), then move old day files away")
 
     # --- writing --------------------------------------------------------------------
@@ -121,7 +115,7 @@ class DeadLetters:
             self._ends[path] = append_synced(fd, data, end)
         finally:
             os.close(fd)
-        self._bytes = self.bytes + len(data) - (size - end)
+        self.bytes += len(data) - (size - end)
 
     def add_many(self, items: list[tuple[str, str, str, bytes]], now: float | None = None) -> list[str]:
         """Append (topic, reason, detail, payload) entries with one fsync; returns their ids.

@@ -334,7 +334,7 @@ class Collector:
             self._takeover(definite=False)
         log.info("connected to %s (session present: %s)", self.cfg.mqtt.url, flags.session_present)
         client.subscribe([(t, 1) for t in self.topics()])
-        self._log_sub_mid = client.subscribe(brokerlog.TOPIC, 0)[1]
+        self._log_sub_mid = client.subscribe(brokerlog.TOPIC, 0)[1] or -1
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         self.session.connect_failed()

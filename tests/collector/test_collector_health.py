@@ -178,3 +178,35 @@ def test_without_a_registry_fake_ids_make_no_series_per_device(collector: Collec
     got = parse_metrics(text)
     assert (got["kerbside_devices_online"], got["kerbside_devices_offline"]) == (7500, 2500)
     assert len(text.splitlines()) < 200
+
+
+def test_with_a_registry_each_registered_device_has_its_series(tmp_path: Path) -> None:
+    from kerbside.collector.service import Incoming
+    from kerbside.core.registry import Device, Registry
+    from kerbside.devstack import parse_metrics
+    from knode import wire
+
+    reg = tmp_path / "registry.json"
+    with Registry(reg).edit() as devices:
+        devices["000000a1"] = Device(id="000000a1", kit="air", site="townhall")
+    cfg = Config()
+    cfg.spool.dir = str(tmp_path / "spool")
+    cfg.registry.path = str(reg)
+    col = Collector(cfg)
+    try:
+        payload = wire.encode_status({"v": 1, "id": bytes.fromhex("000000a1"), "online": True})
+        col.handle(Incoming(wire.topic("000000a1", "status"), payload, mid=1, qos=1, generation=-1, received=0.0))
+        assert parse_metrics(col.render_metrics().decode())['kerbside_device_online{device="000000a1"}'] == 1
+    finally:
+        col.spool.close()
+        col.writer.close()
+
+
+def test_budgets_that_the_disk_cannot_hold_are_named(tmp_path: Path) -> None:
+    from kerbside.collector.storage import free_bytes, room_warnings
+
+    free = free_bytes(tmp_path)
+    assert room_warnings([("spool", tmp_path / "spool", 1 << 20, 0)]) == [] or free < 1 << 20
+    [warning] = room_warnings([("spool", tmp_path / "spool", free, 0), ("dead letters", tmp_path / "dlq", 1 << 20, 0)])
+    assert "spool (" in warning and "dead letters (" in warning and "lower spool.max_bytes" in warning
+    assert room_warnings([("spool", tmp_path / "spool", free + 10, 20)]) == [] or free_bytes(tmp_path) < free - 10
