@@ -154,6 +154,8 @@ class Collector:
         self._batch_start = 0.0
         self._describe()
         self._checks()
+        self.routes = {"/metrics": metrics_route(self.render_metrics), "/healthz": health_route(self.health)}
+        """The HTTP server's pages; later parts add theirs before run()."""
 
     @property
     def failed(self) -> bool:
@@ -617,8 +619,7 @@ class Collector:
 
     def start_http(self) -> None:
         if self.cfg.http.port:
-            self._http = serve(self.cfg.http.host, self.cfg.http.port,
-                               {"/metrics": metrics_route(self.render_metrics), "/healthz": health_route(self.health)},
+            self._http = serve(self.cfg.http.host, self.cfg.http.port, self.routes,
                                wrap=lambda run: self._guard("http", run))
             log.info("metrics on http://%s:%d/metrics, health on /healthz", self.cfg.http.host, self.cfg.http.port)
 
