@@ -12,6 +12,11 @@ Phases:
      subprocess starts and the clock runs until every reading is queryable. Once with one reading per
      message (msgs/s), once with --per-msg readings per message (readings/s vs the ceiling).
   3. live: messages published at --rate msg/s; publish-to-queryable latency from polling max(seq) every 20 ms.
+  4. replay: one collector, one run. Direct: a queued stream (--per-msg readings per message) drained straight
+     into InfluxDB. Spool: InfluxDB is stopped, as many readings are published live, one per message, at
+     --replay-rate msg/s (small batches, as a live outage spools them), then InfluxDB starts and the spool is
+     replayed. Lines/s of each, from the collector's own count of lines InfluxDB accepted
+     (kerbside_lines_written_total), the first write left out.
 Prints readings/s, msgs/s, p50/p99 latency, CPU seconds per 10k readings, peak RSS, lost and duplicated counts.
 """
 
@@ -41,14 +46,15 @@ from knode import wire  # noqa: E402
 PERIOD = 60
 
 
-def stream(readings: int, per_msg: int, devices: int, seed: int) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+def stream(readings: int, per_msg: int, devices: int, seed: int,
+           first_device: int = 0xBE000000) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
     rng = random.Random(seed)
     now = int(time.time())
     per_dev = readings // devices
     out: list[list[tuple[str, bytes]]] = []
     counts = {}
     for d in range(devices):
-        dev = f"{0xBE000000 + d:08x}"
+        dev = f"{first_device + d:08x}"
         msgs, seq = [], 0
         t_start = now - per_dev * PERIOD - 600
         while seq < per_dev:
@@ -111,7 +117,8 @@ def proc_hwm_mb(pid: int) -> float:
 def collector(work: Path, broker: Mosquitto, influx_url: str, db: str, client_id: str) -> CollectorProcess:
     return CollectorProcess(client_id, work, free_port(), settings={
         "mqtt": {"url": broker.url, "client_id": client_id}, "influx": {"url": influx_url, "db": db},
-        "spool": {"dir": work / client_id / "spool"}, "log": {"level": "WARNING"}})
+        "spool": {"dir": work / client_id / "spool", "backoff_min_s": 0.1, "backoff_max_s": 0.2},
+        "log": {"level": "WARNING"}})
 
 
 def publish_all(broker: Mosquitto, msgs: list[tuple[str, bytes]], rate: float = 0, on_sent=None) -> float:  # type: ignore[no-untyped-def]
@@ -260,6 +267,50 @@ def live_phase(work: Path, broker: Mosquitto, influxd: Influxd, seconds: float, 
             "peak_rss_mb": rss}
 
 
+def write_rate(port: int, upto: float, timeout: float = 600) -> tuple[float, float]:
+    """(lines/s, lines) InfluxDB accepted until the collector's count reaches `upto`, from its first write on.
+
+    The count is polled every 5 ms; the lines of the first write are left out (their start is not seen)."""
+    def written() -> float:
+        return scrape_metrics(port).get("kerbside_lines_written_total", 0.0)
+
+    before = written()
+    first = wait_for(lambda: (n := written()) > before and (n, time.perf_counter()), "a first write", timeout,
+                     interval=0.005)
+    last = wait_for(lambda: (n := written()) >= upto and (n, time.perf_counter()), "every line written", timeout,
+                    interval=0.005)
+    return (last[0] - first[0]) / (last[1] - first[1]), last[0] - before
+
+
+def replay_phase(work: Path, broker: Mosquitto, influxd: Influxd, readings: int, per_msg: int, devices: int,
+                 rate: float) -> dict:
+    """Direct: `readings` queued in --per-msg messages (InfluxDB writes, not decoding, set the pace). Spool: as many
+    again in one-reading messages at `rate` msg/s while InfluxDB is down, replayed when it is back."""
+    db = "replay"
+    influx = InfluxClient(influxd.url, db)
+    queued, counts = stream(readings, per_msg, devices, seed=77)
+    live, live_counts = stream(readings, 1, devices, seed=78, first_device=0xBF000000)
+    col = collector(work, broker, influxd.url, db, "bench-replay")
+    col.start()
+    col.stop()
+    publish_all(broker, queued)  # queued for the session
+    col.start()
+    direct, direct_lines = write_rate(col.port, readings)
+    influxd.stop()
+    publish_all(broker, live, rate=rate)  # a live outage: small batches spooled
+    wait_for(lambda: scrape_metrics(col.port).get("kerbside_lines_spooled_total", 0) >= readings
+             and scrape_metrics(col.port).get("kerbside_unacked_messages", 1) == 0, "everything spooled", 120)
+    batches = scrape_metrics(col.port)["kerbside_spool_batches"]
+    influxd.start()
+    replay, replay_lines = write_rate(col.port, 2 * readings)
+    wait_all(influx, counts | live_counts, timeout=120)
+    col.stop()
+    got = sum(c for c, _ in seq_stats(influx).values())
+    return {"phase": "replay", "direct_lines_s": direct, "spool_lines_s": replay, "spool_to_direct": replay / direct,
+            "spooled_batches": batches, "lines_per_spooled_batch": readings / batches,
+            "lines_direct": direct_lines, "lines_replayed": replay_lines, "lost": 2 * readings - got}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--readings", type=int, default=200_000, help="readings per drain phase")
@@ -268,6 +319,8 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--rate", type=float, default=2000, help="msg/s in the live phase")
     ap.add_argument("--live-seconds", type=float, default=10)
+    ap.add_argument("--replay-rate", type=float, default=2400, help="msg/s published live while InfluxDB is down")
+    ap.add_argument("--replay-only", action="store_true", help="run the replay phase alone")
     ap.add_argument("--profile", action="store_true",
                     help="sample the drain phases with py-spy (pip install py-spy); their figures are then distorted")
     args = ap.parse_args()
@@ -278,6 +331,10 @@ def main() -> None:
         broker = Mosquitto("mosquitto", work / "mosquitto", free_port()).start()
         influxd = Influxd("influxd", work / "influxd", free_port()).start()
         try:
+            if args.replay_only:
+                r = replay_phase(work, broker, influxd, args.readings, args.per_msg, args.devices, args.replay_rate)
+                print("  ".join(f"{k}={v:,.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+                return
             tags = {"kit": "air", "site": "Rue de la Loi 16", "zone": "lez"}  # what a registry adds
             for per_msg in (1, args.per_msg):
                 readings_s, lines_s = decode_rate(stream(args.readings, per_msg, args.devices, seed=per_msg)[0], tags)
@@ -288,7 +345,8 @@ def main() -> None:
             print(f"ceiling: InfluxDB raw ingest {ceil:,.0f} points/s ({args.readings:,} lines, 5000/batch, gzip)")
             results = [drain_phase(work, broker, influxd, args.readings, 1, args.devices, args.profile),
                        drain_phase(work, broker, influxd, args.readings, args.per_msg, args.devices, args.profile),
-                       live_phase(work, broker, influxd, args.live_seconds, args.rate, 1, args.devices, args.profile)]
+                       live_phase(work, broker, influxd, args.live_seconds, args.rate, 1, args.devices, args.profile),
+                       replay_phase(work, broker, influxd, args.readings, args.per_msg, args.devices, args.replay_rate)]
             for r in results:
                 if "readings_s" in r:
                     r["ratio_to_ceiling"] = r["readings_s"] / ceil

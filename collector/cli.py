@@ -124,41 +124,61 @@ dlq_app = typer.Typer(help="Dead-letter store: messages and lines the collector 
                       no_args_is_help=True)
 
 
-def _dlq(config: Path | None):  # type: ignore[no-untyped-def]
+_SPOOL_HELP = "The collector's spool directory (spool.dir): its dead letters are next to it unless dlq.dir says."
+
+
+def _dlq(config: Path | None, spool: str | None):  # type: ignore[no-untyped-def]
+    """The store `collect` writes with the same --config/--spool."""
     from kerbside.collector.dlq import DeadLetters
 
-    cfg = _settings(config)
-    return cfg, DeadLetters(cfg.dlq_dir)
+    cfg = _settings(config, spool__dir=spool)
+    return cfg, DeadLetters(cfg.dlq_dir, cfg.dlq.max_bytes)
+
+
+def _nowhere(cfg, store) -> str:  # type: ignore[no-untyped-def]
+    """When the store's directory does not exist: most likely not the collector's settings, so say which were used."""
+    if store.dir.is_dir():
+        return ""
+    where = f"dlq.dir = {cfg.dlq.dir}" if cfg.dlq.dir else f"next to spool.dir = {cfg.spool.dir}"
+    return (f" (there is no dead-letter store at {store.dir}, {where}: give the collector's settings, -c FILE or "
+            "--spool DIR as for `kerbside collect`)")
 
 
 @dlq_app.command("list")
 def dlq_list(
     config: ConfigOpt = None,
+    spool: str = typer.Option(None, "--spool", help=_SPOOL_HELP),
     reason: str = typer.Option(None, "--reason", "-r", help="Only this reason code (see the summary)."),
     show_all: bool = typer.Option(False, "--all", help="Include entries already replayed."),
     limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many (newest last); 0 = all."),
 ) -> None:
     """List dead letters, newest last, with a count per reason code.
 
+    Reads the store one entry at a time: its size does not matter.
+
     Example: kerbside dlq list -c /etc/kerbside/collector.toml --reason unknown_device
     """
+    import collections
     import datetime
-    from collections import Counter
 
     from rich.console import Console
     from rich.table import Table
 
-    _, store = _dlq(config)
-    entries = [e for e in store.entries(include_replayed=show_all) if reason is None or e.reason == reason]
-    counts = Counter(e.reason for e in entries)
+    cfg, store = _dlq(config, spool)
+    counts: collections.Counter[str] = collections.Counter()
+    shown: collections.deque = collections.deque(maxlen=limit or None)
+    for e in store.entries(include_replayed=show_all):
+        if reason is None or e.reason == reason:
+            counts[e.reason] += 1
+            shown.append((e.id, e.time, e.reason, e.topic, e.detail[:80], e.truncated))
     console = Console()
     table = Table("id", "time (UTC)", "reason", "topic", "detail")
-    for e in entries[-limit:] if limit else entries:
-        when = datetime.datetime.fromtimestamp(e.time, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(e.id, when, e.reason, e.topic or "(InfluxDB line)", e.detail[:80])
+    for entry_id, t, why, topic, detail, truncated in shown:
+        when = datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(entry_id, when, why, topic or "(InfluxDB line)", detail + (" [payload truncated]" if truncated else ""))
     console.print(table)
     summary = ", ".join(f"{r}: {n}" for r, n in counts.most_common()) or "none"
-    console.print(f"{len(entries)} entries in {store.dir} ({summary}).")
+    console.print(f"{sum(counts.values())} entries in {store.dir} ({summary}){_nowhere(cfg, store)}.")
     console.print("Next: kerbside dlq show ID, or fix the cause and kerbside dlq replay --reason R")
 
 
@@ -166,14 +186,19 @@ def dlq_list(
 def dlq_show(
     entry_id: str = typer.Argument(..., help="Entry id or a unique prefix of it (from dlq list)."),
     config: ConfigOpt = None,
+    spool: str = typer.Option(None, "--spool", help=_SPOOL_HELP),
 ) -> None:
     """Show one dead letter: reason, detail, payload as hex, and what the decoder says about it today."""
     import datetime
 
     from kerbside.collector.decode import Rejected, decode
+    from kerbside.collector.dlq import NoSuchEntry
 
-    _, store = _dlq(config)
-    e = store.get(entry_id)
+    cfg, store = _dlq(config, spool)
+    try:
+        e = store.get(entry_id)
+    except NoSuchEntry as err:
+        raise NoSuchEntry(f"{err}{_nowhere(cfg, store)}") from None
     typer.echo(f"id:      {e.id}")
     typer.echo(f"time:    {datetime.datetime.fromtimestamp(e.time, datetime.UTC).isoformat()}")
     typer.echo(f"reason:  {e.reason}")
@@ -182,7 +207,11 @@ def dlq_show(
         typer.echo(f"line:    {e.payload.decode(errors='replace')}")
         return
     typer.echo(f"topic:   {e.topic}")
-    typer.echo(f"payload: {e.payload.hex()} ({len(e.payload)} bytes)")
+    if e.truncated:
+        typer.echo(f"payload: {e.size} bytes, sha256 {e.sha256}; the first {len(e.payload)} kept: {e.payload.hex()}")
+        typer.echo("(larger than the contract allows: only its start was kept, it cannot be replayed)")
+        return
+    typer.echo(f"payload: {e.payload.hex()} ({len(e.payload)} bytes, sha256 {e.sha256})")
     try:
         d = decode(e.topic, e.payload, e.time)
         typer.echo(f"decodes today into {len(d.lines)} lines (replay it if the cause is fixed)")
@@ -193,6 +222,7 @@ def dlq_show(
 @dlq_app.command("replay")
 def dlq_replay(
     config: ConfigOpt = None,
+    spool: str = typer.Option(None, "--spool", help=_SPOOL_HELP),
     reason: str = typer.Option(None, "--reason", "-r", help="Only entries with this reason code."),
     ids: Annotated[list[str] | None, typer.Option("--id", help="Only these entries (repeatable; id prefixes).")] = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be replayed, change nothing."),
@@ -202,6 +232,7 @@ def dlq_replay(
     MQTT messages are republished (QoS1) on their original topic, so the running collector decodes them with
     today's registry and rules; lines InfluxDB refused are written straight to InfluxDB. Entries that fail
     again are dead-lettered again by the collector. Replayed entries are hidden from `dlq list` (use --all).
+    Oversize payloads, of which only the start was kept, are never replayed.
 
     Example: after adding a node to the registry, kerbside dlq replay -c collector.toml --reason unknown_device
     """
@@ -211,9 +242,9 @@ def dlq_replay(
     from kerbside.collector.influx import InfluxWriter
     from kerbside.core.influx import InfluxDown
 
-    cfg, store = _dlq(config)
+    cfg, store = _dlq(config, spool)
     entries = [e for e in store.entries() if (reason is None or e.reason == reason)
-               and (not ids or any(e.id.startswith(i) for i in ids))]
+               and (not ids or any(e.id.startswith(i) for i in ids)) and not e.truncated]
     if not entries:
         typer.echo("nothing to replay (kerbside dlq list shows what is there)")
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from kerbside.core import lineproto as lp
 from kerbside.core.errors import ContractError
 
 _NS = 1_000_000_000
+SELF_DESCRIBE = b"\xd9\xd9\xf7"
+"""Tag 55799 (self-described CBOR) in front of a message."""
 
 
 class Rejected(ContractError):
@@ -68,6 +71,8 @@ def decode(topic: str, payload: bytes, now: float, tags: Mapping[str, str] | Non
     if len(payload) > c.MAX_PAYLOAD:
         raise Rejected("oversize", f"{len(payload)} bytes")
     device, kind = parse_topic(topic)
+    if payload.startswith(SELF_DESCRIBE):
+        payload = payload[len(SELF_DESCRIBE):]  # RFC 8949 3.4.6: marks the bytes as CBOR and means nothing else
     try:
         fp = io.BytesIO(payload)
         obj = cbor2.CBORDecoder(fp).decode()
@@ -91,12 +96,20 @@ def _is_int(v: object) -> bool:
     return type(v) is int
 
 
+def _num(v: int) -> str:
+    """An integer for a rejection's detail. A CBOR bignum can have more digits than str() converts (a ValueError
+    past 4300), and a detail of a million digits helps nobody: past 18 digits, say how big it is."""
+    if -10**18 < v < 10**18:
+        return str(v)
+    return f"{'-' if v < 0 else ''}<{v.bit_length()}-bit integer>"
+
+
 def _uint(v: object, name: str, hi: int = c.U32, lo: int = 0) -> int:
     if not _is_int(v):
         raise Rejected("bad_structure", f"{name} must be an integer")
     assert isinstance(v, int)
     if not lo <= v <= hi:
-        raise Rejected("bad_header", f"{name}={v} outside {lo}..{hi}")
+        raise Rejected("bad_header", f"{name}={_num(v)} outside {lo}..{hi}")
     return v
 
 
@@ -114,7 +127,7 @@ def _readings(device: str, obj: object, now: float, tags: dict[str, str]) -> Dec
     if not _is_int(version):
         raise Rejected("bad_structure", "version must be an integer")
     if version != c.VERSION:
-        raise Rejected("unsupported_version", f"version {version}")
+        raise Rejected("unsupported_version", f"version {_num(version)}")
     _check_device(device, obj[1])
     seq = _uint(obj[2], "seq")
     boot = _uint(obj[3], "boot")
@@ -169,7 +182,7 @@ def _values(
             raise Rejected("value_not_integer", "samples")
         assert isinstance(samples, int)
         if samples < 0 or samples > expected:
-            raise Rejected("capture_invalid", f"{samples} samples of {expected}")
+            raise Rejected("capture_invalid", f"{_num(samples)} samples of {expected}")
         vals: list[int | None] = [None] * nch
         for i in range(len(r) - 1):
             v = r[i + 1]
@@ -184,8 +197,8 @@ def _values(
             absval = v if prev is None else prev + v
             if absval < ch.lo or absval > ch.hi:
                 if counts and absval < 0 and ch.unit == "vehicles":
-                    raise Rejected("negative_count", f"{ch.name}={absval}")
-                raise Rejected("value_out_of_range", f"{ch.name}={absval} not in {ch.lo}..{ch.hi}")
+                    raise Rejected("negative_count", f"{ch.name}={_num(absval)}")
+                raise Rejected("value_out_of_range", f"{ch.name}={_num(absval)} not in {ch.lo}..{ch.hi}")
             vals[i] = last[i] = absval
         rows.append((samples, vals))
     return rows
@@ -276,6 +289,7 @@ _STATUS_INTS = {
     "cfg": ("config", 0, c.U32),
 }
 _HEALTH_MAX = 16
+_HEALTH_KEY = re.compile(r"[a-z0-9_]{1,24}")
 
 
 def _status_map(device: str, obj: object) -> dict[object, object]:
@@ -285,7 +299,7 @@ def _status_map(device: str, obj: object) -> dict[object, object]:
     if not _is_int(version):
         raise Rejected("bad_structure", "status needs integer key v")
     if version != c.VERSION:
-        raise Rejected("unsupported_version", f"version {version}")
+        raise Rejected("unsupported_version", f"version {_num(version)}")
     _check_device(device, obj.get("id"))
     return obj
 
@@ -303,7 +317,7 @@ def _status(device: str, obj: object, now: float, tags: dict[str, str]) -> Decod
                 raise Rejected("value_not_integer", key)
             assert isinstance(v, int)
             if not lo <= v <= hi:
-                raise Rejected("value_out_of_range", f"{key}={v} not in {lo}..{hi}")
+                raise Rejected("value_out_of_range", f"{key}={_num(v)} not in {lo}..{hi}")
             fields[name] = v
     if "fw" in m:
         fw = m["fw"]
@@ -314,14 +328,14 @@ def _status(device: str, obj: object, now: float, tags: dict[str, str]) -> Decod
     if not isinstance(health, dict) or len(health) > _HEALTH_MAX:
         raise Rejected("bad_structure", f"health must be a map of at most {_HEALTH_MAX} entries")
     for hk, hv in health.items():
-        if not (isinstance(hk, str) and 0 < len(hk) <= 24 and hk.replace("_", "a").isalnum() and hk.isascii()):
+        if not (isinstance(hk, str) and _HEALTH_KEY.fullmatch(hk)):
             raise Rejected("bad_structure", "health keys are [a-z0-9_]{1,24}")
         if not _is_int(hv):
             raise Rejected("value_not_integer", f"health.{hk}")
         assert isinstance(hv, int)
         if not -c.U32 <= hv <= c.U32:
             raise Rejected("value_out_of_range", f"health.{hk}")
-        fields[f"health_{hk.lower()}"] = hv
+        fields[f"health_{hk}"] = hv
     line = lp.line("status", tags, fields, _node_time(m, now))
     return Decoded(device, "status", [line], online=online, fields=fields,
                    boot=fields.get("boot", -1), synced=m.get("synced") is True)  # type: ignore[arg-type]
@@ -344,13 +358,15 @@ def _ack(device: str, obj: object, now: float, tags: dict[str, str]) -> Decoded:
         raise Rejected("bad_structure", "ack needs integer cmd and boolean ok")
     assert isinstance(cmd, int)
     if not 0 <= cmd <= c.U32:
-        raise Rejected("value_out_of_range", f"cmd={cmd}")
+        raise Rejected("value_out_of_range", f"cmd={_num(cmd)}")
     fields: dict[str, lp.FieldValue] = {"cmd": cmd, "ok": ok}
     cfg = m.get("cfg")
     if cfg is not None:
         if not _is_int(cfg):
             raise Rejected("value_not_integer", "cfg")
         assert isinstance(cfg, int)
+        if not 0 <= cfg <= c.U32:
+            raise Rejected("value_out_of_range", f"cfg={_num(cfg)} not in 0..{c.U32}")
         fields["cfg"] = cfg
     err = m.get("err")
     if err is not None:

@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerbside.collector.storage import StoreFull
 from kerbside.core import lineproto
 from kerbside.core.errors import StorageError
-from kerbside.core.files import atomic_write
+from kerbside.core.files import append_synced, atomic_write
 
 _NS = 1_000_000_000
 MEASUREMENT = "kerbside_gaps"
@@ -31,6 +32,11 @@ COMPACT_EVERY = 500
 """Journal entries between two full rewrites of the sequence state."""
 MAX_JUMP = 1_000_000
 """A sequence jump this large (either way) is a node reset or reflash, not lost data: tracking restarts there."""
+DEFAULT_MAX_BYTES = 64 << 20
+
+
+class StateFull(StoreFull):
+    """The sequence state outgrew state.max_bytes even after compaction: the collector stops acking."""
 
 
 @dataclass
@@ -82,21 +88,42 @@ def _subtract(holes: list[list[int]], lo: int, hi: int) -> tuple[list[list[int]]
 
 
 class SeqTracker:
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = Path(path) if path else None
         self.journal = self.path.with_suffix(".journal") if self.path else None
+        self.max_bytes = max_bytes
         self.devices: dict[str, DeviceSeq] = {}
         self._changed: set[str] = set()
+        self._rebase: set[str] = set()
+        """Devices whose next jump is not a gap (see rebase())."""
         self._cuts = 0
         """Snapshots taken; each journal entry and the full state file carry the cut number they belong to."""
+        self._file_bytes = 0
+        self._journal_end = 0
+        """Where the journal's last complete entry ends (the writer thread's; a torn tail is cut by the next append)."""
         self.duplicates = 0
         self.gaps_opened = 0
+        self.gaps_suppressed = 0
         self.resets = 0
         if self.path and self.path.exists():
             self._load()
 
-    def observe(self, device: str, seq: int, count: int, t0: int, period: int, tags: Mapping[str, str]) -> list[str]:
-        """Account readings seq..seq+count-1 (reading i at t0 + i*period); returns gap lines to write."""
+    @property
+    def bytes(self) -> int:
+        """What the state takes on disk: the full file and the journal."""
+        return self._file_bytes + self._journal_end
+
+    def rebase(self) -> None:
+        """Take each device's next readings as a new start, not as a jump: after a stretch in which another
+        client (one with our client id) took some of our messages, those are in InfluxDB, not missing."""
+        self._rebase = set(self.devices)
+
+    def observe(self, device: str, seq: int, count: int, t0: int, period: int, tags: Mapping[str, str],
+                may_open: bool = True) -> list[str]:
+        """Account readings seq..seq+count-1 (reading i at t0 + i*period); returns gap lines to write.
+
+        may_open=False: a jump past the highest sequence is not a gap (counted in gaps_suppressed), for while
+        another client may be taking some of our messages."""
         hi_new = seq + count - 1
         t_new = t0 + (count - 1) * period
         st = self.devices.get(device)
@@ -106,6 +133,9 @@ class SeqTracker:
             self.devices[device] = DeviceSeq(hi_new, t_new, period)
             self._changed.add(device)
             return []
+        if self._rebase and device in self._rebase:
+            self._rebase.discard(device)
+            may_open = False
         lines: list[str] = []
         old_hi = st.hi
         if seq <= old_hi:
@@ -123,7 +153,9 @@ class SeqTracker:
             st.gaps = still_open
             self.duplicates += (hi - lo + 1) - filled_total
         if hi_new > old_hi:
-            if seq > old_hi + 1:
+            if seq > old_hi + 1 and not may_open:
+                self.gaps_suppressed += 1
+            elif seq > old_hi + 1:
                 first, last = old_hi + 1, seq - 1
                 ts = st.hi_t + st.period if st.period and st.hi_t + st.period < t0 else t0 - (seq - first) * period
                 gap = Gap(first, last, max(0, ts) * _NS, period, [[first, last]])
@@ -149,27 +181,43 @@ class SeqTracker:
 
     def _load(self) -> None:
         """The last full state, then the journal entries written after it (a torn last entry was never acked)."""
+        assert self.path is not None
+        cut, devices, self._file_bytes, self._journal_end = self._read()
+        self._cuts = cut
+        try:
+            self._apply(devices)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StorageError(f"{self.path} is corrupt ({e!r}); move it aside to start sequence tracking afresh") from e
+
+    def _read(self, extra: dict | None = None) -> tuple[int, dict[str, dict], int, int]:
+        """The last full state with the journal entries written after it (and `extra`, an entry not yet written):
+        (cut, devices, full file bytes, where the journal's last complete entry ends)."""
         assert self.path is not None and self.journal is not None
         try:
-            doc = json.loads(self.path.read_text())
-            self._cuts = int(doc.get("cut", 0))
-            self._apply(doc["devices"])
+            raw = self.path.read_text()
+            doc = json.loads(raw)
+            cut = int(doc.get("cut", 0))
+            devices = dict(doc["devices"])
         except (ValueError, KeyError, TypeError) as e:
             raise StorageError(f"{self.path} is corrupt ({e}); move it aside to start sequence tracking afresh") from e
+        good = 0
         if self.journal.exists():
-            good = 0
-            data = self.journal.read_bytes()
-            for line in data.splitlines(keepends=True):
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    break  # torn by a crash mid-append: that batch was not acked, the broker redelivers it
-                good += len(line)
-                if entry["cut"] > self._cuts:
-                    self._apply(entry["devices"])
-                    self._cuts = entry["cut"]
-            if good < len(data):
-                os.truncate(self.journal, good)  # later entries must not be glued to the torn one
+            with open(self.journal, "rb") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        # Torn by a crash mid-append: that batch was not acked, the broker redelivers it. Nothing
+                        # follows it (an append first cuts what lies past the last complete entry).
+                        break
+                    good += len(line)
+                    if entry["cut"] > cut:
+                        devices.update(entry["devices"])
+                        cut = entry["cut"]
+        if extra is not None and extra["cut"] > cut:
+            devices.update(extra["devices"])
+            cut = extra["cut"]
+        return cut, devices, len(raw.encode()), good
 
     def _apply(self, devices: dict[str, dict]) -> None:
         for dev, d in devices.items():
@@ -194,23 +242,44 @@ class SeqTracker:
         return json.dumps({"cut": self._cuts, "full": full, "devices": body}, separators=(",", ":"))
 
     def write(self, state: str) -> None:
-        """Fsynced before the messages the state reflects are acked: a journal append, or an atomic full rewrite."""
+        """Fsynced before the messages the state reflects are acked: a journal append, or an atomic full rewrite.
+
+        Within state.max_bytes: a journal that would grow past half of it is folded into a full rewrite first
+        (the state as of this entry: the file, the journal and the entry). Raises StateFull when even the full
+        state does not fit, OSError when the disk refuses; then nothing changed.
+        """
         if self.path is None or self.journal is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if '"full":true' in state[:40]:
-            atomic_write(self.path, state)
-            # entries up to this cut are in the file now; a crash before the truncate leaves older ones,
-            # which _load skips by their cut number
-            with open(self.journal, "w") as f:
-                os.fsync(f.fileno())
+            self._write_full(state)
             return
         if not self.path.exists():
-            self.write(json.dumps({"cut": 0, "full": True, "devices": {}}, separators=(",", ":")))
-        with open(self.journal, "a") as f:
-            f.write(state + "\n")
-            f.flush()
+            self._write_full(json.dumps({"cut": 0, "full": True, "devices": {}}, separators=(",", ":")))
+        entry = (state + "\n").encode()
+        if self.bytes + len(entry) > self.max_bytes // 2:
+            cut, devices, _, _ = self._read(json.loads(state))
+            self._write_full(json.dumps({"cut": cut, "full": True, "devices": devices}, separators=(",", ":")))
+            return
+        fd = os.open(self.journal, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._journal_end = append_synced(fd, entry, self._journal_end)
+        finally:
+            os.close(fd)
+
+    def _write_full(self, state: str) -> None:
+        size = len(state.encode())
+        if size + self.bytes > self.max_bytes:  # the old file and journal stay until the new file is in place
+            raise StateFull(f"sequence state {self.path} needs {size} bytes besides the {self.bytes} it holds, over "
+                            f"state.max_bytes = {self.max_bytes}: raise it (it grows with the number of devices)")
+        assert self.path is not None and self.journal is not None
+        atomic_write(self.path, state)
+        self._file_bytes = size
+        # entries up to this cut are in the file now; a crash before the truncate leaves older ones,
+        # which _read skips by their cut number
+        with open(self.journal, "w") as f:
             os.fsync(f.fileno())
+        self._journal_end = 0
 
     def save(self) -> None:
         if self.dirty:

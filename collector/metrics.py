@@ -6,13 +6,17 @@ scrape time, so there is no second copy to keep in sync. prometheus_client
 only renders them: a custom collector turns the live values into metric
 families on each scrape, and its exposition writes every digit (a hand-written
 `%g` stopped moving counters past a million, which breaks rate() and increase()).
+
+The HTTP server is a table of routes ({path: handler}); /metrics and /healthz
+are two of them (health itself is computed in collector/health.py), and more
+pages are more routes.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -98,19 +102,35 @@ class _Families(Collector):
             yield family
 
 
-def serve(host: str, port: int, metrics: Callable[[], bytes],
-          health: Callable[[], tuple[bool, dict[str, Any]]]) -> ThreadingHTTPServer:
-    """Start the server in a daemon thread; health() returns (ok, details) and ok=False answers 503."""
+Route = Callable[[], tuple[int, str, bytes]]
+"""An HTTP GET handler: returns (status, content type, body)."""
+
+
+def metrics_route(render: Callable[[], bytes]) -> Route:
+    return lambda: (200, CONTENT_TYPE_PLAIN_0_0_4, render())
+
+
+def health_route(report: Callable[[], tuple[bool, dict[str, Any]]]) -> Route:
+    """ok answers 200, anything else 503 (what load balancers and systemd watchdogs read); the body says why."""
+    def route() -> tuple[int, str, bytes]:
+        ok, details = report()
+        return 200 if ok else 503, "application/json", json.dumps(details, indent=1).encode()
+    return route
+
+
+def serve(host: str, port: int, routes: Mapping[str, Route],
+          wrap: Callable[[Callable[[], None]], Callable[[], None]] = lambda run: run) -> ThreadingHTTPServer:
+    """Serve `routes` ({path: handler}) from a daemon thread; `wrap` wraps the thread's run function (the collector
+    watches its threads with it). More pages are more routes."""
+    table = dict(routes)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?")[0] == "/metrics":
-                body, ctype, code = metrics(), CONTENT_TYPE_PLAIN_0_0_4, 200
-            elif self.path.split("?")[0] == "/healthz":
-                ok, details = health()
-                body, ctype, code = json.dumps(details, indent=1).encode(), "application/json", 200 if ok else 503
+            route = table.get(self.path.split("?")[0])
+            if route is None:
+                code, ctype, body = 404, "text/plain", f"try {' or '.join(sorted(table))}\n".encode()
             else:
-                body, ctype, code = b"try /metrics or /healthz\n", "text/plain", 404
+                code, ctype, body = route()
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -122,5 +142,5 @@ def serve(host: str, port: int, metrics: Callable[[], bytes],
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    threading.Thread(target=wrap(server.serve_forever), name="http", daemon=True).start()
     return server

@@ -5,13 +5,23 @@ acks (manual_ack); the decoder thread (run) decodes and cuts batches, each
 with a snapshot of the sequence state; the writer thread makes each batch
 durable in order (InfluxDB 2xx, or appended+fsynced to the spool; rejections
 fsynced to the dead-letter store), saves that state and only then sends the
-PUBACKs, while the decoder already builds the next batch. Anything unacked when the process dies is redelivered by the broker
-from the persistent session, and rewriting identical points is harmless.
-docs/collector.md explains the design and its failure cases.
+PUBACKs, while the decoder already builds the next batch. Anything unacked when
+the process dies is redelivered by the broker from the persistent session, and
+rewriting identical points is harmless.
+
+When a store cannot be written (its budget reached, or the disk full, read-only
+or failing) the writer keeps the batch and retries it, step by step, until it is
+durable: nothing is acked meanwhile, so the broker keeps the messages, and
+/healthz, the log and kerbside_storage_blocked say why. It resumes by itself
+when there is room again (replaying the spool makes room when InfluxDB is up).
+A thread that dies, on the other hand, is a bug: it is logged and counted,
+/healthz fails, and the process stops and exits non-zero so that systemd
+restarts it. docs/collector.md explains the design and its failure cases.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import random
@@ -21,22 +31,25 @@ import time
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kerbside.collector import batching
+from kerbside.collector import batching, brokerlog, storage
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
 from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
 from kerbside.collector.gaps import SeqTracker
+from kerbside.collector.health import Health
 from kerbside.collector.influx import InfluxWriter
-from kerbside.collector.metrics import Metrics, serve
-from kerbside.collector.spool import Batch, Spool, SpoolFull
+from kerbside.collector.metrics import Metrics, health_route, metrics_route, serve
+from kerbside.collector.session import WINDOW_S, SessionWatch
+from kerbside.collector.spool import Batch, Spool
 from kerbside.core import contract
 from kerbside.core.influx import InfluxAuthError, InfluxDown
 from kerbside.core.settings import Config
@@ -44,6 +57,10 @@ from kerbside.core.settings import Config
 log = logging.getLogger("kerbside.collector")
 
 KINDS = ("readings", "status", "ack")
+RETRY_S = 1.0
+"""While a store cannot be written: how often the writer tries again."""
+LOG_EVERY_S = 30.0
+"""The same storage error is logged at most this often while it lasts."""
 
 
 @dataclass(slots=True)
@@ -55,6 +72,8 @@ class Incoming:
     generation: int
     """MQTT connection the message came on: a mid is only meaningful to the broker on that connection."""
     received: float
+    retain: bool = False
+    """Delivered from the broker's retained store (on subscribing), not forwarded live."""
 
 
 @dataclass(slots=True)
@@ -65,6 +84,18 @@ class Pending:
     acks: list[Incoming]
     dead: list[tuple[str, str, str, bytes]]
     state: str | None
+    done: set[str] = field(default_factory=set)
+    """Steps already durable ("dead", "state", "rp:<policy>"): a retry after a storage failure resumes after them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """Why nothing is acked now: a store that could not be written."""
+
+    store: str
+    error: str
+    since: float
+    """time.monotonic() of the first failure."""
 
 
 class Collector:
@@ -72,11 +103,14 @@ class Collector:
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
+        self.checks = Health()
+        """What /healthz reports; later parts add their checks here."""
         self.writer = InfluxWriter(cfg.influx)
         self.spool = Spool(cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.warn_ratio)
-        self.dlq = DeadLetters(cfg.dlq_dir)
-        self.tracker = SeqTracker(cfg.state_dir / "sequences.json")
+        self.dlq = DeadLetters(cfg.dlq_dir, cfg.dlq.max_bytes)
+        self.tracker = SeqTracker(cfg.state_dir / "sequences.json", cfg.state.max_bytes)
         self.devices = DeviceTags(cfg.registry.path or None)
+        self.session = SessionWatch()
         self.inbox: queue.Queue[Incoming] = queue.Queue()
         self._pipe: queue.Queue[Pending | None] = queue.Queue(maxsize=2)
         self._cut_count = 0
@@ -84,19 +118,32 @@ class Collector:
         self._done_count = 0
         self._cut_msgs = 0
         self._done_msgs = 0
+        self._abandoned = False
+        """A batch could not be made durable before stopping: later ones must not be acked either (their sequence
+        state includes its messages)."""
         self.stopping = threading.Event()
-        self.failed = False
-        """Set when the writer hit an unexpected error: the process should exit non-zero (and be restarted)."""
+        self.failure: str | None = None
+        """Set when a thread died or a callback raised (a bug): the process exits non-zero and is restarted."""
+        self.blocked: Blocked | None = None
+        self._step = ""
+        """The store the writer is writing to (for saying which one failed)."""
+        self._logged: dict[str, float] = {}
         self.stopped = threading.Event()
         self.generation = 0
         self._conn_lock = threading.Lock()
         self.connected = False
         self.subscribed = False
+        self._retained_seen = -1
+        """Connection whose session was already there: retained copies on it were taken live before."""
+        self._partial = False
+        self._log_sub_mid = -1
+        self._refused_logged: dict[str, float] = {}
         self.online: dict[str, dict[str, Any]] = {}
         self.influx_up: bool | None = None
         self._down_until = 0.0
         self._backoff = 0.0
-        self._full_logged = 0.0
+        self._threads: dict[str, threading.Thread] = {}
+        self._running = False
         self._http: ThreadingHTTPServer | None = None
         self.client = self._make_client()
         # the batch being built
@@ -106,12 +153,19 @@ class Collector:
         self._dead: list[tuple[str, str, str, bytes]] = []
         self._batch_start = 0.0
         self._describe()
+        self._checks()
+        self.routes = {"/metrics": metrics_route(self.render_metrics), "/healthz": health_route(self.health)}
+        """The HTTP server's pages; later parts add theirs before run()."""
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
 
     # --- setup -------------------------------------------------------------------
     def _describe(self) -> None:
-        """Every metric the collector exposes; the spool's and the tracker's are read from them at scrape time."""
+        """Every metric the collector exposes; the stores' and the tracker's are read from them at scrape time."""
         m = self.metrics
-        t, sp = self.tracker, self.spool
+        t, sp, dl, ses = self.tracker, self.spool, self.dlq, self.session
         for name, kind, text, labels, read in (
             ("kerbside_messages_total", "counter", "MQTT messages taken from the broker, by kind", ("kind",), None),
             ("kerbside_readings_total", "counter", "valid readings decoded (durable once acked)", (), None),
@@ -121,25 +175,66 @@ class Collector:
             ("kerbside_duplicates_total", "counter", "readings whose sequence number was already seen (replays)",
              (), lambda: t.duplicates),
             ("kerbside_gaps_opened_total", "counter", "sequence gaps detected", (), lambda: t.gaps_opened),
+            ("kerbside_gaps_suppressed_total", "counter",
+             "sequence jumps not taken as gaps while another client with our client id may have taken messages",
+             (), lambda: t.gaps_suppressed),
             ("kerbside_gaps_open", "gauge", "gaps not yet filled by backfill", (), t.open_gaps),
             ("kerbside_readings_missing", "gauge", "readings missing in open gaps", (), t.missing),
             ("kerbside_lines_written_total", "counter", "lines InfluxDB accepted (direct and from the spool)", (), None),
             ("kerbside_lines_spooled_total", "counter", "lines appended to the spool because InfluxDB could not take them",
              (), None),
             ("kerbside_spool_bytes", "gauge", "bytes waiting in the spool", (), lambda: sp.bytes),
-            ("kerbside_spool_max_bytes", "gauge", "spool capacity", (), lambda: sp.max_bytes),
+            ("kerbside_spool_max_bytes", "gauge", "spool budget (spool.max_bytes)", (), lambda: sp.max_bytes),
             ("kerbside_spool_batches", "gauge", "batches waiting in the spool", (), lambda: len(sp)),
-            ("kerbside_spool_blocked", "gauge", "1 while the spool is full and the collector has stopped acking", (), None),
+            ("kerbside_dlq_bytes", "gauge", "bytes the dead-letter store takes", (), lambda: dl.bytes),
+            ("kerbside_dlq_max_bytes", "gauge", "dead-letter budget (dlq.max_bytes)", (), lambda: dl.max_bytes),
+            ("kerbside_state_bytes", "gauge", "bytes the sequence state takes", (), lambda: t.bytes),
+            ("kerbside_state_max_bytes", "gauge", "sequence state budget (state.max_bytes)", (), lambda: t.max_bytes),
+            ("kerbside_storage_blocked", "gauge",
+             "1 while a store (spool, dead letters, state) cannot be written: nothing is acked, the broker keeps the "
+             "messages", (), lambda: int(self.blocked is not None)),
+            ("kerbside_storage_errors_total", "counter", "writes a disk refused (no space, read-only, I/O error), by store",
+             ("store",), None),
             ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded", (), lambda: int(self.influx_up is True)),
             ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker", (), lambda: int(self.connected)),
             ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions", (),
              lambda: int(self.subscribed)),
+            ("kerbside_mqtt_takeovers_total", "counter",
+             "times the broker gave our session to another connection (0x8E, or closed and took us back at once)",
+             (), lambda: ses.total),
+            ("kerbside_mqtt_client_id_conflict", "gauge", "1 while another client seems to use our client id", (),
+             lambda: int(ses.conflict)),
+            ("kerbside_broker_refused_total", "counter", "messages the broker refused, from its log ($SYS/broker/log/N)",
+             ("reason",), None),
             ("kerbside_flushes_total", "counter", "batches made durable", (), None),
             ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked", (), self.unacked),
-            ("kerbside_device_online", "gauge", "online/offline view from retained status and last wills", ("device",), None),
-            ("kerbside_internal_errors_total", "counter", "bugs: exceptions outside the decoder's contract", (), None),
+            ("kerbside_devices_online", "gauge", "devices whose last status says online", (),
+             lambda: sum(1 for s in list(self.online.values()) if s["online"])),
+            ("kerbside_devices_offline", "gauge", "devices whose last status says offline (or whose last will fired)", (),
+             lambda: sum(1 for s in list(self.online.values()) if not s["online"])),
+            ("kerbside_device_online", "gauge", "online/offline per registered device (only with registry.path)",
+             ("device",), None),
+            ("kerbside_internal_errors_total", "counter", "bugs: exceptions outside the decoder's contract, dead threads",
+             (), None),
         ):
             m.describe(name, kind, text, labels, read)
+
+    def _checks(self) -> None:
+        """What /healthz reports: one check per part (collector/health.py); 503 when any has a problem."""
+        h = self.checks
+        h.add("threads", self._check_threads)
+        h.add("storage", self._check_storage)
+        h.add("mqtt", self._check_mqtt)
+        h.add("influx", self._check_influx)
+        h.add("spool", lambda: self._store_check("spool", self.spool.dir, self.spool.bytes, self.spool.max_bytes,
+                                                 batches=len(self.spool)))
+        h.add("dlq", lambda: self._store_check("dlq", self.dlq.dir, self.dlq.bytes, self.dlq.max_bytes))
+        h.add("state", lambda: self._store_check("state", self.cfg.state_dir, self.tracker.bytes, self.tracker.max_bytes))
+        h.add("unacked", lambda: self.unacked() + self.inbox.qsize())
+        h.add("devices", lambda: {"online": sorted(d for d, s in list(self.online.items()) if s["online"]),
+                                  "offline": sorted(d for d, s in list(self.online.items()) if not s["online"])})
+        h.add("rejected", lambda: {r: int(self.metrics.get("kerbside_rejected_total", reason=r)) for r in contract.REASONS
+                                   if self.metrics.get("kerbside_rejected_total", reason=r)})
 
     def _make_client(self) -> mqtt.Client:
         c = self.cfg.mqtt
@@ -151,33 +246,109 @@ class Collector:
             client.tls_set(ca_certs=c.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.reconnect_delay_set(1, 30)
         client.max_inflight_messages_set(1000)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_connect_fail = self._on_connect_fail
+        # Our callbacks never raise into paho (that would end its thread): a bug in one stops the collector instead.
+        client.on_connect = self._callback("on_connect", self._on_connect)
+        client.on_disconnect = self._callback("on_disconnect", self._on_disconnect)
+        client.on_message = self._callback("on_message", self._on_message)
+        client.on_subscribe = self._callback("on_subscribe", self._on_subscribe)
+        client.on_connect_fail = self._callback("on_connect_fail", self._on_connect_fail)
         return client
 
     def topics(self) -> list[str]:
         prefix = f"$share/{self.cfg.mqtt.group}/" if self.cfg.mqtt.group else ""
         return [f"{prefix}{contract.PREFIX}+/{kind}" for kind in KINDS]
 
+    # --- failures: bugs stop the process, full or failing disks block it ----------------
+    def _fail(self, what: str, exc: BaseException | None = None) -> None:
+        """A bug: log it, count it, fail /healthz and stop; the CLI exits non-zero and systemd restarts us.
+        Nothing unacked is lost: the broker redelivers it."""
+        detail = f"{type(exc).__name__}: {exc}" if exc is not None else "it stopped"
+        log.error("%s failed (%s); stopping without acking what is not durable (the broker redelivers it), exit "
+                  "status 1", what, detail, exc_info=exc)
+        self.metrics.inc("kerbside_internal_errors_total")
+        if self.failure is None:
+            self.failure = f"{what} failed: {detail}"
+        self.stopping.set()
+
+    def _guard(self, name: str, run: Callable[[], None]) -> Callable[[], None]:
+        def guarded() -> None:
+            try:
+                run()
+            except BaseException as e:
+                self._fail(f"thread {name}", e)
+        return guarded
+
+    def _callback(self, name: str, fn: Callable[..., None]) -> Callable[..., None]:
+        def safe(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as e:
+                self._fail(f"MQTT callback {name}", e)
+        return safe
+
+    def _block(self, store: str, e: OSError) -> None:
+        """A store could not be written: say so (log, metrics, /healthz); the caller keeps its batch and retries."""
+        where = e.filename or {"spool": self.spool.dir, "dlq": self.dlq.dir, "state": self.cfg.state_dir}.get(store, "")
+        text = str(e) if isinstance(e, storage.StoreFull) else f"{store}: {e.strerror or e} (in {where})"
+        if not isinstance(e, storage.StoreFull):
+            self.metrics.inc("kerbside_storage_errors_total", store=store)
+        if self.blocked is None or (self.blocked.store, self.blocked.error) != (store, text):
+            self.blocked = Blocked(store, text, self.blocked.since if self.blocked else time.monotonic())
+        key = f"{store}:{e.errno}:{type(e).__name__}"
+        if time.monotonic() - self._logged.get(key, -1e9) >= LOG_EVERY_S:
+            self._logged[key] = time.monotonic()
+            log.error("cannot write the %s: %s; not acking, the broker queues meanwhile. %s", store, text,
+                      self._advice(store, e))
+
+    def _advice(self, store: str, e: OSError) -> str:
+        if isinstance(e, storage.StoreFull):
+            return {"spool": "Bring InfluxDB back or raise spool.max_bytes; it resumes by itself.",
+                    "dlq": "Look at the dead letters (kerbside dlq list) and move old day files away, or raise "
+                           "dlq.max_bytes; it resumes by itself.",
+                    }.get(store, "Raise state.max_bytes; it resumes by itself.")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "Free space on that disk; it resumes by itself (replaying the spool frees space once InfluxDB is up)."
+        if e.errno == errno.EROFS:
+            return "The filesystem is read-only (the kernel may have remounted it after errors): check it and remount " \
+                   "it read-write; it resumes by itself."
+        if e.errno == errno.EIO:
+            return "The disk reports I/O errors: check it (dmesg, smartctl); it retries meanwhile."
+        return "Check the directory's permissions and disk; it retries meanwhile."
+
+    def _unblock(self) -> None:
+        if self.blocked is not None:
+            log.warning("the %s can be written again after %.0f s; acking resumes", self.blocked.store,
+                        time.monotonic() - self.blocked.since)
+            self.blocked = None
+            self._logged.clear()
+
     # --- MQTT callbacks (network thread: no blocking, no acks) ---------------------
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s (check mqtt.username/password and the ACL)", reason)
+            self.session.connect_failed()
             return
         with self._conn_lock:
             self.generation += 1
+            self._retained_seen = self.generation if flags.session_present else -1
         self.connected = True
+        if self.session.connected():
+            self._takeover(definite=False)
         log.info("connected to %s (session present: %s)", self.cfg.mqtt.url, flags.session_present)
         client.subscribe([(t, 1) for t in self.topics()])
+        self._log_sub_mid = client.subscribe(brokerlog.TOPIC, 0)[1] or -1
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self.session.connect_failed()
         log.warning("cannot reach the broker at %s; retrying (check mqtt.url and that mosquitto runs)", self.cfg.mqtt.url)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: Any, properties: Any) -> None:
         failed = [r for r in reasons if r.is_failure]
+        if mid == self._log_sub_mid:
+            if failed:
+                log.info("the broker's log (%s) is not readable: refusals at the broker are not counted "
+                         "(docs/collector.md, 'Oversize messages')", brokerlog.TOPIC)
+            return
         if failed:
             log.error("broker refused subscriptions %s: %s (check the ACL for the collector's user)", self.topics(), failed)
         self.subscribed = not failed
@@ -187,11 +358,48 @@ class Collector:
         self.subscribed = False
         with self._conn_lock:
             self.generation += 1
-        if not self.stopping.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting, unacked messages will be redelivered", reason)
+        if self.stopping.is_set():
+            return
+        if self.session.disconnected(getattr(reason, "value", -1)):
+            self._takeover(definite=True)
+        backoff = self.session.backoff_s()
+        client.reconnect_delay_set(backoff, max(30, backoff))
+        log.warning("disconnected from the broker (%s); reconnecting in %d s, unacked messages will be redelivered",
+                    reason, backoff)
+
+    def _takeover(self, definite: bool) -> None:
+        """The broker gave our session to another connection (or closed ours and took us back at once)."""
+        n, cid = self.session.recent(), self.cfg.mqtt.client_id
+        if self.session.conflict:
+            log.error("CLIENT ID CONFLICT: the broker handed our session to another client %d times in %.0f min: another "
+                      "collector (or client) uses client_id %r. Give every collector its own mqtt.client_id; until then "
+                      "each gets part of the stream (all of it is stored), no gaps are recorded (run `kerbside gaps scan "
+                      "--since 1d` once it is fixed) and /healthz fails", n, WINDOW_S / 60, cid)
+        elif definite:
+            log.error("the broker says another client took our session (client_id %r, reason 0x8E): two collectors with one "
+                      "mqtt.client_id?", cid)
+        else:
+            log.warning("the broker closed our connection and accepted us again at once (%d times in %.0f min): another "
+                        "client with client_id %r, or a quick broker restart; no gaps are recorded for %.0f min",
+                        n, WINDOW_S / 60, cid, WINDOW_S / 60)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self.generation, time.monotonic()))
+        if msg.topic.startswith("$SYS/"):
+            self._broker_log(msg.payload.decode("utf-8", "replace"))
+            return
+        self.inbox.put(Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self.generation, time.monotonic(),
+                                bool(msg.retain)))
+
+    def _broker_log(self, line: str) -> None:
+        found = brokerlog.refusal(line)
+        if found is None:
+            return
+        reason, client_id = found
+        self.metrics.inc("kerbside_broker_refused_total", reason=reason)
+        if time.monotonic() - self._refused_logged.get(client_id, -1e9) >= 60:
+            self._refused_logged[client_id] = time.monotonic()
+            log.warning("the broker refused a message from %s (%s: larger than its max_packet_size) and disconnected it; "
+                        "a node sending messages this large breaks the contract (docs/wire)", client_id, reason)
 
     # --- handling ------------------------------------------------------------------
     def handle(self, item: Incoming) -> None:
@@ -202,30 +410,39 @@ class Collector:
         if not self._acks and not self._dead:
             self._batch_start = time.monotonic()
         self._acks.append(item)
+        # A retained message delivered on subscribing to a session we already had: its live copy was queued for
+        # us and taken (written or dead-lettered) then. Processing it again would add a point (the will has no node
+        # time) or a dead letter at every restart; it only refreshes the online view.
+        copy = item.retain and item.generation == self._retained_seen
         try:
             m = contract.TOPIC_RE.match(topic)
             tags = self.devices.tags_for(m.group(1)) if m else None
             d = decode(topic, payload, self.clock(), tags)
         except Rejected as e:
-            self._reject(topic, e.reason, e.detail, payload)
+            if not copy:
+                self._reject(topic, e.reason, e.detail, payload)
             return
         except Exception as e:  # a decoder bug must not stop the service or lose the message
             log.exception("internal error decoding %s", topic)
             self.metrics.inc("kerbside_internal_errors_total")
             self._reject(topic, "bad_structure", f"internal error: {type(e).__name__}: {e}"[:300], payload)
             return
+        if d.kind == "status":
+            self.online[d.device] = {"online": bool(d.online), "since": self.clock(), **(tags or {})}
+            if self.devices.registry is not None:  # without one any id is accepted: no series per device then
+                self.metrics.set("kerbside_device_online", 1 if d.online else 0, device=d.device)
+        if copy:
+            return
         if d.kind == "readings":
             rp = self.cfg.influx.rp if d.synced else self.cfg.influx.unsynced_rp
+            self._watch_session()  # now: a takeover may have happened while the decoder waited for this message
             # In a shared group this member sees part of each stream: `kerbside gaps scan` finds gaps instead.
-            gap_lines = [] if self.cfg.mqtt.group else self.tracker.observe(d.device, d.seq, d.count, d.t0, d.period,
-                                                                            tags or {})
+            gap_lines = [] if self.cfg.mqtt.group else self.tracker.observe(
+                d.device, d.seq, d.count, d.t0, d.period, tags or {}, may_open=not self._partial)
             self._add(rp, d.lines + gap_lines)
             self.metrics.inc("kerbside_readings_total", d.count)
         else:
             self._add(self.cfg.influx.rp, d.lines)
-            if d.kind == "status":
-                self.online[d.device] = {"online": bool(d.online), "since": self.clock(), **(tags or {})}
-                self.metrics.set("kerbside_device_online", 1 if d.online else 0, device=d.device)
 
     def _reject(self, topic: str, reason: str, detail: str, payload: bytes) -> None:
         self._dead.append((topic, reason, detail, payload))
@@ -237,6 +454,14 @@ class Collector:
 
     def due(self) -> bool:
         return batching.due(self._nlines, len(self._acks), time.monotonic() - self._batch_start, self.cfg.batch)
+
+    def _watch_session(self) -> None:
+        """Decoder thread: gaps are not opened while the stream is partial, and each device starts afresh after."""
+        partial = self.session.partial
+        if self._partial and not partial:
+            self.tracker.rebase()
+            log.info("no session takeover for %.0f min: recording gaps again", WINDOW_S / 60)
+        self._partial = partial
 
     # --- durability ------------------------------------------------------------------
     def _cut(self) -> Pending | None:
@@ -252,29 +477,66 @@ class Collector:
         self._dead = []
         return p
 
-    def _commit(self, p: Pending) -> bool:
-        """Make a batch durable, then ack its messages. False if it could not (spool full while stopping)."""
-        if p.dead:
+    def _commit(self, p: Pending) -> None:
+        """Make a batch durable, then ack its messages. Raises OSError (a store's budget or disk) after the steps
+        that succeeded, which a retry skips."""
+        if p.dead and "dead" not in p.done:
+            self._step = "dlq"
             self.dlq.add_many(p.dead, self.clock())
+            p.done.add("dead")
         for rp, lines in p.lines.items():
-            if lines and not self._persist(Batch(rp, lines)):
-                return False
-        if p.state is not None:
+            if lines and f"rp:{rp}" not in p.done:
+                self._persist(Batch(rp, lines))
+                p.done.add(f"rp:{rp}")
+        if p.state is not None and "state" not in p.done:
+            self._step = "state"
             self.tracker.write(p.state)
+            p.done.add("state")
         with self._conn_lock:  # no reconnect between checking the connection and sending its acks
             gen = self.generation
             for item in p.acks:
                 if item.generation == gen and item.qos > 0:
                     self.client.ack(item.mid, item.qos)
         self.metrics.inc("kerbside_flushes_total")
-        return True
+
+    def _commit_until_durable(self, p: Pending) -> bool:
+        """Commit, retrying while a store cannot be written; False if asked to stop first (nothing acked)."""
+        while True:
+            try:
+                self._commit(p)
+            except OSError as e:  # a store's budget or its disk, not a bug: wait for room, then resume
+                self._block(self._step, e)
+                if self.stopping.is_set():
+                    log.warning("stopping while the %s cannot be written: %d messages stay unacked (the broker "
+                                "redelivers them)", self._step, len(p.acks))
+                    return False
+                self._wait_for_room()
+                continue
+            self._unblock()
+            return True
+
+    def _wait_for_room(self) -> None:
+        """Replay the spool while InfluxDB takes it (its cursor needs no new space, and replayed segments are
+        deleted), else wait a moment before the next try."""
+        if len(self.spool) and time.monotonic() >= self._down_until:
+            try:
+                if self.drain():
+                    return
+            except OSError as e:
+                self._block(self._step, e)
+        self.stopping.wait(RETRY_S)
 
     def flush(self) -> bool:
-        """Make the current batch durable and ack it, in the calling thread."""
+        """Make the current batch durable and ack it, in the calling thread (once: False if a store refused)."""
         p = self._cut()
         if p is None:
             return True
-        ok = self._commit(p)
+        try:
+            self._commit(p)
+            ok = True
+        except OSError as e:
+            self._block(self._step, e)
+            ok = False
         self._done_count += 1
         self._done_msgs += len(p.acks)
         return ok
@@ -287,35 +549,24 @@ class Collector:
         """Nothing decoded that is not yet durable and acked (for tests)."""
         return not self._acks and self._cut_count == self._done_count
 
-    def _persist(self, batch: Batch) -> bool:
+    def _persist(self, batch: Batch) -> None:
         """Write to InfluxDB directly, or to the spool when InfluxDB is down or the spool still holds older data."""
         if len(self.spool) and time.monotonic() >= self._down_until:
             self.drain()  # older data first; under sustained load this is where the spool drains
         if len(self.spool) == 0 and time.monotonic() >= self._down_until:
             try:
                 self._write(batch)
-                return True
+                return
             except InfluxDown as e:
                 self._mark_down(e)
-        while True:
-            try:
-                self.spool.append(batch)
-                self.metrics.inc("kerbside_lines_spooled_total", len(batch.lines))
-                self.metrics.set("kerbside_spool_blocked", 0)
-                return True
-            except SpoolFull as e:
-                if time.monotonic() - self._full_logged > 30:
-                    self._full_logged = time.monotonic()
-                    log.error("%s; not acking, the broker queues meanwhile. Bring InfluxDB back or raise spool.max_bytes", e)
-                self.metrics.set("kerbside_spool_blocked", 1)
-                if self.stopping.is_set():
-                    return False
-                self.drain(block=True)
-
+        self._step = "spool"
+        self.spool.append(batch)
+        self.metrics.inc("kerbside_lines_spooled_total", len(batch.lines))
 
     def _write(self, batch: Batch) -> None:
         bad = self.writer.write(batch.lines, batch.rp)
         if bad:
+            self._step = "dlq"
             self.dlq.add_many([(LINE_TOPIC, "influx_rejected", err, line.encode()) for line, err in bad], self.clock())
             self.metrics.inc("kerbside_rejected_total", len(bad), reason="influx_rejected")
             log.warning("InfluxDB refused %d of %d lines (dead-lettered): %s", len(bad), len(batch.lines), bad[0][1])
@@ -333,13 +584,14 @@ class Collector:
         log.log(level, "InfluxDB unavailable (%s); spooling, next try in %.1f s", e, self._down_until - time.monotonic())
         self.influx_up = False
 
-    def drain(self, block: bool = False) -> None:
-        """Replay spooled batches oldest first while InfluxDB takes them; block=True waits out the backoff once."""
-        if block and time.monotonic() < self._down_until:
-            self.stopping.wait(max(0.0, self._down_until - time.monotonic()))
+    def drain(self) -> int:
+        """Replay spooled batches oldest first, merged into writes of up to batch.lines lines, for at most half a
+        second while InfluxDB takes them. Returns the lines written; raises OSError when a store refuses."""
         deadline = time.monotonic() + 0.5
+        written = 0
         while len(self.spool) and time.monotonic() >= self._down_until and time.monotonic() < deadline:
-            batch = self.spool.peek()
+            self._step = "spool"
+            batch = self.spool.peek(self.cfg.batch.lines)
             if batch is None:
                 break
             try:
@@ -347,7 +599,10 @@ class Collector:
             except InfluxDown as e:
                 self._mark_down(e)
                 break
+            self._step = "spool"
             self.spool.pop()
+            written += len(batch.lines)
+        return written
 
     # --- main loop -------------------------------------------------------------------
     def connect(self) -> None:
@@ -358,35 +613,49 @@ class Collector:
         self.client.connect_async(u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883),
                                   keepalive=self.cfg.mqtt.keepalive_s, clean_start=False, properties=props)
         self.client.loop_start()
+        thread = getattr(self.client, "_thread", None)  # paho's network thread: watched like ours
+        if isinstance(thread, threading.Thread):
+            self._threads["mqtt"] = thread
 
     def start_http(self) -> None:
         if self.cfg.http.port:
-            self._http = serve(self.cfg.http.host, self.cfg.http.port, self.render_metrics, self.health)
+            self._http = serve(self.cfg.http.host, self.cfg.http.port, self.routes,
+                               wrap=lambda run: self._guard("http", run))
             log.info("metrics on http://%s:%d/metrics, health on /healthz", self.cfg.http.host, self.cfg.http.port)
 
     def _writer_loop(self) -> None:
         """Commits batches in order while the decoder builds the next one; replays the spool when idle."""
-        failed = False
         while True:
             try:
                 p = self._pipe.get(timeout=0.2)
             except queue.Empty:
-                if len(self.spool) and not self.stopping.is_set():
-                    self.drain()
+                self._idle_replay()
                 continue
+            if p is None:
+                return
             try:
-                if p is None:
-                    return
-                if not failed:  # after a failed commit later batches must not be acked either
-                    failed = not self._commit(p)
-            except Exception:
-                log.exception("writer failed; exiting without acking, the broker redelivers")
-                failed = self.failed = True
-                self.stopping.set()
+                if not self._abandoned:
+                    self._abandoned = not self._commit_until_durable(p)
             finally:
-                if p is not None:
-                    self._done_count += 1
-                    self._done_msgs += len(p.acks)
+                self._done_count += 1
+                self._done_msgs += len(p.acks)
+
+    def _idle_replay(self) -> None:
+        """Between batches: replay the spool. A store that refuses is reported and retried, never fatal."""
+        if not len(self.spool) or self.stopping.is_set() or time.monotonic() < self._down_until:
+            return
+        try:
+            if self.drain() and self.blocked is not None and self.blocked.store == "spool":
+                self._unblock()
+        except OSError as e:
+            self._block(self._step, e)
+            self.stopping.wait(RETRY_S)
+
+    def _watch_threads(self) -> None:
+        """Decoder thread: a thread that ended while we run is a failure (paho's cannot be guarded: it is checked)."""
+        for name, thread in self._threads.items():
+            if not thread.is_alive() and not self.stopping.is_set():
+                self._fail(f"thread {name}")
 
     def run(self) -> None:
         """Until stop(): then flush what is decoded, ack it, disconnect. Returns within a bounded time."""
@@ -397,12 +666,22 @@ class Collector:
             raise
         except InfluxDown as e:
             self._mark_down(e)
-        self.start_http()
-        writer = threading.Thread(target=self._writer_loop, name="writer", daemon=True)
+        for warning in storage.room_warnings([
+                ("spool", self.spool.dir, self.spool.max_bytes, self.spool.bytes),
+                ("dead letters", self.dlq.dir, self.dlq.max_bytes, self.dlq.bytes),
+                ("sequence state", self.cfg.state_dir, self.tracker.max_bytes, self.tracker.bytes)]):
+            log.warning(warning)
+        self._threads["decoder"] = threading.current_thread()
+        writer = threading.Thread(target=self._guard("writer", self._writer_loop), name="writer", daemon=True)
+        self._threads["writer"] = writer
         writer.start()
+        self.start_http()
         self.connect()
+        self._running = True
         try:
             while not self.stopping.is_set():
+                self._watch_threads()
+                self._watch_session()
                 timeout = batching.wait_s(len(self._acks), time.monotonic() - self._batch_start, self.cfg.batch)
                 try:
                     item = self.inbox.get(timeout=timeout)
@@ -413,8 +692,10 @@ class Collector:
                 if self._acks and (item is None or self.due()):
                     self._put(self._cut())
             self._put(self._cut())
+        except BaseException as e:  # logged with its traceback; the CLI exits 1 on self.failed
+            self._fail("thread decoder", e)
         finally:
-            self._pipe.put(None)  # the writer's signal to finish
+            self._hand_over(None)  # the writer's signal to finish
             writer.join(60)
             self.client.disconnect()
             self.client.loop_stop()
@@ -422,13 +703,26 @@ class Collector:
             self.writer.close()
             if self._http is not None:
                 self._http.shutdown()
+            self._running = False
             self.stopped.set()
-            log.info("stopped; %d messages left unacked for redelivery", self.inbox.qsize())
+            log.info("stopped; %d messages left unacked for redelivery", self.inbox.qsize() + self.unacked())
 
     def _put(self, p: Pending | None) -> None:
         """Hand a cut batch to the writer; blocks while it still has two (backpressure). None here is a no-op."""
         if p is not None:
-            self._pipe.put(p)
+            self._hand_over(p)
+
+    def _hand_over(self, p: Pending | None) -> None:
+        """Into the writer's pipe (None: finish). A writer that died takes nothing more: what it would have
+        acked is redelivered."""
+        while True:
+            try:
+                self._pipe.put(p, timeout=0.2)
+                return
+            except queue.Full:
+                writer = self._threads.get("writer")
+                if writer is None or not writer.is_alive():
+                    return
 
     def stop(self) -> None:
         self.stopping.set()
@@ -437,17 +731,51 @@ class Collector:
     def render_metrics(self) -> bytes:
         return self.metrics.render()
 
+    def _check_threads(self) -> dict[str, Any]:
+        alive = {name: t.is_alive() for name, t in self._threads.items()}
+        ok = self._running and self.failure is None and all(alive.values())
+        problem = (self.failure or ("stopped threads: " + ", ".join(n for n, a in alive.items() if not a)
+                                    if not all(alive.values()) else "not running"))
+        return {"ok": ok, **alive, "failure": self.failure} | ({} if ok else {"problem": problem})
+
+    def _check_storage(self) -> dict[str, Any]:
+        b = self.blocked
+        if b is None:
+            return {"ok": True, "blocked": None}
+        return {"ok": False, "blocked": {"store": b.store, "error": b.error, "for_s": round(time.monotonic() - b.since, 1)},
+                "problem": f"not acking: the {b.store} cannot be written ({b.error})"}
+
+    def _check_mqtt(self) -> dict[str, Any]:
+        conflict, cid = self.session.conflict, self.cfg.mqtt.client_id
+        out: dict[str, Any] = {"ok": self.connected and not conflict, "connected": self.connected,
+                               "url": self.cfg.mqtt.url, "client_id": cid,
+                               "takeovers_recent": self.session.recent(), "client_id_conflict": conflict}
+        if conflict:
+            out["problem"] = (f"another client uses client_id {cid!r}: the broker keeps handing our session over; give "
+                              "every collector its own mqtt.client_id")
+        elif not self.connected:
+            out["problem"] = f"not connected to the broker at {self.cfg.mqtt.url}"
+        return out
+
+    def _check_influx(self) -> dict[str, Any]:
+        reachable = self.writer.ping()
+        out: dict[str, Any] = {"ok": reachable, "reachable": reachable, "last_write_ok": self.influx_up,
+                               "url": self.cfg.influx.url}
+        if not reachable:
+            out["problem"] = f"InfluxDB at {self.cfg.influx.url} does not answer (batches go to the spool)"
+        return out
+
+    @staticmethod
+    def _store_check(name: str, directory: Path, used: int, limit: int, **more: Any) -> dict[str, Any]:
+        try:
+            free: int | None = storage.free_bytes(directory)
+        except OSError:
+            free = None
+        out: dict[str, Any] = {"ok": used < limit, "bytes": used, "max_bytes": limit, **more, "disk_free_bytes": free}
+        if used >= limit:
+            out["problem"] = f"the {name} is full ({used} of {limit} bytes)"
+        return out
+
     def health(self) -> tuple[bool, dict[str, Any]]:
-        influx_ok = self.writer.ping()
-        ok = self.connected and influx_ok and self.spool.fill < 1.0
-        return ok, {
-            "ok": ok,
-            "mqtt": {"connected": self.connected, "url": self.cfg.mqtt.url},
-            "influx": {"reachable": influx_ok, "last_write_ok": self.influx_up, "url": self.cfg.influx.url},
-            "spool": {"bytes": self.spool.bytes, "max_bytes": self.spool.max_bytes, "batches": len(self.spool)},
-            "unacked": self.unacked() + self.inbox.qsize(),
-            "devices": {"online": sorted(d for d, s in list(self.online.items()) if s["online"]),
-                        "offline": sorted(d for d, s in list(self.online.items()) if not s["online"])},
-            "rejected": {r: int(self.metrics.get("kerbside_rejected_total", reason=r)) for r in contract.REASONS
-                         if self.metrics.get("kerbside_rejected_total", reason=r)},
-        }
+        """(ok, details) as /healthz serves them."""
+        return self.checks.report()

@@ -12,11 +12,16 @@ not leave mosquitto's `passwd` owned by root and unreadable to the mosquitto
 user, and an operator's `chmod 640` + `chgrp` stays as they set it. A new file
 gets `mode` from its first byte, so a secret is never readable by others, not
 even for a moment.
+
+Appending durably (the collector's spool, dead letters and sequence journal) is
+the other half: `append_synced` writes every byte or none of a record, fsynced,
+and cuts a failed append back off so later records never sit behind a torn one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -85,3 +90,38 @@ def _keep_owner_and_mode(fd: int, target: Path, old: os.stat_result) -> None:
             raise StorageError(f"{target} belongs to uid {old.st_uid} gid {old.st_gid}; replacing it as uid "
                                f"{os.geteuid()} would change that: run as root or as its owner") from None
     os.fchmod(fd, stat.S_IMODE(old.st_mode))  # after fchown, which may clear set-id bits
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written: a write may take fewer bytes than offered (nearly full disk, signal).
+
+    Raises OSError when the system refuses (ENOSPC, EIO, EROFS...) or makes no progress, never returns early.
+    """
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "write made no progress")
+        view = view[n:]
+
+
+def append_synced(fd: int, data: bytes, end: int) -> int:
+    """Append `data` behind `end` (where the file's last complete record ends) and fsync; returns the new end.
+
+    Why `end`: what precedes an acknowledgement must be complete and on disk, or the acknowledgement must not
+    happen. A failed append (no space, read-only, I/O error; also a failed fsync, after which the kernel may have
+    dropped the data) is cut back off where possible, so that no torn record sits in front of later ones and the
+    space it took is free again; if even the cut fails, the next append cuts it first (the file is longer than
+    `end`). The caller keeps `end` and raises nothing durable until this returns.
+    """
+    try:
+        if os.fstat(fd).st_size != end:
+            os.ftruncate(fd, end)
+        os.lseek(fd, end, os.SEEK_SET)
+        write_all(fd, data)
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+        raise
+    return end + len(data)

@@ -143,12 +143,16 @@ class SpoolConfig:
 class DlqConfig:
     dir: str = _path()
     """Empty: <spool dir>/../dlq."""
+    max_bytes: int = 256 << 20
+    """Budget of the dead-letter store; when full the collector stops acknowledging until there is room."""
 
 
 @dataclass
 class StateConfig:
     dir: str = _path()
     """Sequence tracking survives restarts here. Empty: <spool dir>/../state."""
+    max_bytes: int = 64 << 20
+    """Budget of the sequence state (full file and journal); the journal is compacted at half of it."""
 
 
 @dataclass
@@ -523,8 +527,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("influx.api = v2 needs influx.bucket (and usually token and org)")
     if cfg.batch.lines < 1 or cfg.batch.interval_s <= 0 or cfg.batch.max_messages < 1 or cfg.batch.linger_s < 0:
         raise ConfigError("batch.lines and batch.max_messages must be >= 1, batch.interval_s > 0, batch.linger_s >= 0")
-    if cfg.spool.max_bytes < 1 << 20:
-        raise ConfigError("spool.max_bytes must be at least 1 MiB")
+    for key, value in (("spool.max_bytes", cfg.spool.max_bytes), ("dlq.max_bytes", cfg.dlq.max_bytes),
+                       ("state.max_bytes", cfg.state.max_bytes)):
+        if value < 1 << 20:
+            raise ConfigError(f"{key} must be at least 1 MiB (1048576), not {value}")
     for w in cfg.node.wifi:
         if set(w) - {"ssid", "psk"}:
             raise ConfigError(f"[[node.wifi]] has ssid and psk, not {', '.join(sorted(set(w) - {'ssid', 'psk'}))}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +52,15 @@ class InProcess:
         self.collector.stop()
         self.thread.join(30)
         assert not self.thread.is_alive(), "collector did not stop within 30 s"
+
+
+def healthz(port: int) -> tuple[int, dict]:
+    """The collector's /healthz: HTTP status and document (503 is an answer, not an error)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def collector_env(cfg: Config) -> dict[str, str]:

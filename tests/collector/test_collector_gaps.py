@@ -164,12 +164,56 @@ def test_a_torn_journal_tail_is_cut_and_the_rest_applies(tmp_path: Path) -> None
     obs(t, 9)
     entry = t.snapshot().encode()
     (tmp_path / "s.journal").write_bytes(good + entry[: len(entry) // 2])  # crash mid-append: never acked
-    again = SeqTracker(tmp_path / "s.json")
+    again = SeqTracker(tmp_path / "s.json")  # opening writes nothing (a full or read-only disk must not stop it)
     assert (again.devices["d"].hi, holes(again)) == (3, [[[1, 2]]])
-    assert (tmp_path / "s.journal").read_bytes() == good
+    obs(again, 4)
+    later = again.snapshot()
+    again.write(later)  # the next append cuts the torn entry first
+    assert (tmp_path / "s.journal").read_bytes() == good + later.encode() + b"\n"
+    assert SeqTracker(tmp_path / "s.json").devices["d"].hi == 4
 
 
 def test_a_corrupt_state_file_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps({"cut": 3, "devices": {"d": {"hi": 1}}}))
     with pytest.raises(StorageError, match=r"s.json is corrupt .*move it aside"):
         SeqTracker(tmp_path / "s.json")
+
+
+def test_the_journal_is_folded_into_the_file_before_it_passes_half_the_budget(tmp_path: Path) -> None:
+    t = SeqTracker(tmp_path / "s.json", max_bytes=20_000)
+    largest = 0
+    for seq in range(400):  # 400 cuts of ~70 bytes: 28 kB of journal without folding
+        obs(t, seq // 20, device=f"{seq % 20:08x}")  # in order: no gaps, a small state
+        t.write(t.snapshot())
+        largest = max(largest, t.bytes)
+        assert t.bytes == sum(p.stat().st_size for p in tmp_path.iterdir() if p.suffix in (".json", ".journal"))
+    assert largest <= 10_000
+    assert (tmp_path / "s.json").stat().st_size > 1000, "folded into the full file"
+    assert SeqTracker(tmp_path / "s.json", max_bytes=20_000).devices == t.devices
+
+
+def test_a_state_that_outgrows_its_budget_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    t = SeqTracker(tmp_path / "s.json", max_bytes=4_000)
+    for d in range(10):
+        obs(t, 0, device=f"{d:08x}")
+    t.write(t.snapshot())
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for d in range(10, 60):
+        obs(t, 0, device=f"{d:08x}")
+    with pytest.raises(gaps.StateFull, match=r"over state\.max_bytes = 4000: raise it"):
+        t.write(t.snapshot())
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved
+
+
+def test_jumps_are_not_gaps_while_the_stream_is_partial_nor_right_after(tmp_path: Path) -> None:
+    """Another client with our client id takes some messages (and stores them): their absence is no gap."""
+    t = SeqTracker()
+    obs(t, 0)
+    obs(t, 1, device="e")
+    assert t.observe("d", 5, 1, T0 + 5 * P, P, {}, may_open=False) == []
+    assert (t.gaps_suppressed, t.open_gaps(), t.devices["d"].hi) == (1, 0, 5)
+    assert obs(t, 3) == [] and t.duplicates == 1  # the other client's share, redelivered to us: seen, not a fill
+    t.rebase()  # the takeovers are over: each device's next jump is a new start too
+    assert obs(t, 9) == [] and obs(t, 9, device="e") == []
+    assert t.gaps_suppressed == 3
+    assert obs(t, 12) == [record(10, 11, 2)]  # and after that, gaps again

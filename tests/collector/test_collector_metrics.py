@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kerbside.collector.metrics import Metrics, serve
+from kerbside.collector.metrics import Metrics, health_route, metrics_route, serve
 from kerbside.collector.service import Collector
 from kerbside.core.settings import Config
 from kerbside.devstack import free_port, parse_metrics, scrape_metrics
@@ -80,13 +80,14 @@ def test_the_collector_exposes_every_metric_the_docs_name(tmp_path: Path) -> Non
         col.tracker.observe("d", 5, 1, 1300, 60, {})  # a duplicate
         text = col.render_metrics().decode()
         got = parse_metrics(text)
-        documented = set(re.findall(r"kerbside_[a-z_]+_(?:total|bytes|online)\b",
-                                    (ROOT / "docs" / "collector.md").read_text()))
-        assert documented <= {re.sub(r"\{.*", "", k) for k in got}, documented
+        doc = (ROOT / "docs" / "collector.md").read_text()
+        table = "\n".join(line for line in doc.split("### Metrics", 1)[1].splitlines() if line.startswith("| `"))
+        assert set(re.findall(r"`(kerbside_[a-z_]+)", table)) == set(col.metrics.help), "docs/collector.md's table"
+        assert set(re.findall(r"\bkerbside_[a-z_]+_(?:total|bytes|online|blocked|conflict)\b", doc)) <= set(col.metrics.help)
         assert (got["kerbside_gaps_open"], got["kerbside_readings_missing"], got["kerbside_duplicates_total"],
                 got["kerbside_gaps_opened_total"]) == (1, 4, 1, 1)
         assert got["kerbside_spool_max_bytes"] == cfg.spool.max_bytes and got["kerbside_spool_batches"] == 0
-        assert len(re.findall(r"^# HELP kerbside_", text, re.M)) == 21
+        assert len(re.findall(r"^# HELP kerbside_", text, re.M)) == len(col.metrics.help) == 32
         assert (got["kerbside_mqtt_connected"], got["kerbside_mqtt_subscribed"], got["kerbside_influx_up"]) == (0, 0, 0)
         col.connected = col.subscribed = col.influx_up = True  # what the callbacks and the first write set
         got = parse_metrics(col.render_metrics().decode())
@@ -102,7 +103,8 @@ def test_served_over_http_with_the_exposition_content_type_and_json_health() -> 
     m.inc("kerbside_flushes_total", 3)
     health = {"ok": True}
     port = free_port()
-    server = serve("127.0.0.1", port, m.render, lambda: (bool(health["ok"]), dict(health)))
+    server = serve("127.0.0.1", port, {"/metrics": metrics_route(m.render),
+                                       "/healthz": health_route(lambda: (bool(health["ok"]), dict(health)))})
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from kc_helpers import (  # type: ignore[import-not-found]
     InProcess,
     Publisher,
     expected_summary,
+    healthz,
     make_config,
     make_stream,
     scrape,
@@ -32,14 +31,6 @@ def _status(dev: str, online: bool, dt: int = 0) -> bytes:
     return wire.encode_status({"v": 1, "id": bytes.fromhex(dev), "online": online, "t": t, "synced": True})
 
 
-def _healthz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_retained_status_and_last_will_drive_online_view(tmp_path: Path, broker, influx, influxd) -> None:  # type: ignore[no-untyped-def]
     pub = Publisher(broker)
     # Published (retained) before the collector ever ran: it learns the fleet's state on subscribe.
@@ -48,14 +39,17 @@ def test_retained_status_and_last_will_drive_online_view(tmp_path: Path, broker,
     cfg = make_config(tmp_path, broker, influxd.url, influx.db)
     with InProcess(cfg) as col:
         wait_for(lambda: len(col.online) == 2, "retained statuses", 10)
-        code, health = _healthz(cfg.http.port)
+        code, health = healthz(cfg.http.port)
         assert code == 200 and health["ok"] is True
         assert health["devices"] == {"online": ["000000a1"], "offline": ["000000a2"]}
         assert health["mqtt"]["connected"] and health["influx"]["reachable"]
         assert health["spool"]["batches"] == 0
         # The node's last will fires: it goes offline.
         pub.publish_many([(wire.topic("000000a1", "status"), _status("000000a1", False, dt=5))], retain=True)
-        wait_for(lambda: scrape(cfg.http.port).get('kerbside_device_online{device="000000a1"}') == 0, "offline", 10)
+        wait_for(lambda: scrape(cfg.http.port).get("kerbside_devices_offline") == 2, "offline", 10)
+        m = scrape(cfg.http.port)
+        assert m["kerbside_devices_online"] == 0
+        assert not any(k.startswith("kerbside_device_online") for k in m), "no series per device without a registry"
         wait_for(lambda: len(influx.points("status")) == 3, "status points", 10)
     pub.close()
 
@@ -63,7 +57,7 @@ def test_retained_status_and_last_will_drive_online_view(tmp_path: Path, broker,
 def test_healthz_reports_influx_unreachable(tmp_path: Path, broker, influx) -> None:  # type: ignore[no-untyped-def]
     cfg = make_config(tmp_path, broker, "http://127.0.0.1:9", influx.db)
     with InProcess(cfg):
-        code, health = _healthz(cfg.http.port)
+        code, health = healthz(cfg.http.port)
     assert code == 503
     assert health["ok"] is False and health["influx"]["reachable"] is False and health["mqtt"]["connected"] is True
 

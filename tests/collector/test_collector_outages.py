@@ -103,7 +103,7 @@ def test_full_spool_stops_acking_sigterm_exits_and_nothing_is_lost(tmp_path: Pat
         pub = Publisher(broker)
         pub.publish_many(msgs)
         pub.close()
-        wait_for(lambda: scrape(cfg.http.port).get("kerbside_spool_blocked") == 1, "spool full", 30)
+        wait_for(lambda: scrape(cfg.http.port).get("kerbside_storage_blocked") == 1, "spool full", 30)
         m = scrape(cfg.http.port)
         assert 0 < m["kerbside_spool_bytes"] <= cfg.spool.max_bytes
         assert m["kerbside_unacked_messages"] > 0
