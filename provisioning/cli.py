@@ -45,15 +45,16 @@ def _broker_dir(cfg) -> Path | None:  # type: ignore[no-untyped-def]
     return Path(cfg.broker.dir) if cfg.broker.dir else None
 
 
-def _refresh_broker(broker_dir: Path | None, registry) -> None:  # type: ignore[no-untyped-def]
+def _refresh_broker(cfg, registry) -> None:  # type: ignore[no-untyped-def]
     from kerbside.provisioning.broker import RELOAD_HINT
-    from kerbside.provisioning.broker_dir import BrokerDir, render_auth
+    from kerbside.provisioning.broker_dir import BrokerDir, render_nodes
 
+    broker_dir = _broker_dir(cfg)
     if broker_dir is None:
         console.print("Next: re-render the broker's password file with [bold]kerbside broker-config[/] (or pass "
                       f"--broker-dir), then {RELOAD_HINT}.")
         return
-    render_auth(BrokerDir(broker_dir), registry.load())
+    render_nodes(BrokerDir(broker_dir), registry.load(), cfg.broker.system_user)
     console.print(f"Re-rendered {broker_dir / 'passwd'}. Now {RELOAD_HINT}.")
 
 
@@ -173,9 +174,9 @@ def provision_cmd(
 
     def registered() -> None:
         if broker_dir is not None:
-            from kerbside.provisioning.broker_dir import BrokerDir, render_auth
+            from kerbside.provisioning.broker_dir import BrokerDir, render_nodes
 
-            render_auth(BrokerDir(broker_dir), reg.load())
+            render_nodes(BrokerDir(broker_dir), reg.load(), cfg.broker.system_user)
 
     def one(row: batchmod.Row, say: Callable[[str], None]):  # type: ignore[no-untyped-def]
         return provision(row.port, row.spec, prof, reg, firmware, new_identity=new_identity, run_selftest=selftest, say=say,
@@ -191,7 +192,7 @@ def provision_cmd(
     else:
         results = _run_batch(rows, one, parallel)
     if any(r.outcome is not None and r.outcome.new_secret for r in results):
-        _refresh_broker(broker_dir, reg)  # the broker must learn the new secrets
+        _refresh_broker(cfg, reg)  # the broker must learn the new secrets
     if not all(r.ok or (not selftest and r.outcome is not None) for r in results):
         raise typer.Exit(1)
 
@@ -309,7 +310,7 @@ def registry_decommission(
     reg = _registry(cfg)
     d = decommission(reg, device_id, reason)
     console.print(f"{d.id} ({escape(d.site)}) decommissioned.")
-    _refresh_broker(_broker_dir(cfg), reg)
+    _refresh_broker(cfg, reg)
 
 
 @registry_app.command("rotate")
@@ -331,48 +332,65 @@ def registry_rotate(
     d, _secret = rotate(reg, device_id)
     console.print(f"{d.id} now on credential {d.credential}. Next: plug it in and run "
                   f"[bold]kerbside provision --kit {d.kit} --site \"{escape(d.site)}\"[/] to give it the new secret.")
-    _refresh_broker(_broker_dir(cfg), reg)
+    _refresh_broker(cfg, reg)
 
 
 # --- broker-config -----------------------------------------------------------------------------------
 
 
+def _findings_table(title: str, findings) -> Table:  # type: ignore[no-untyped-def]
+    t = Table(title=title, title_justify="left")
+    for col in ("", "what", "detail"):
+        t.add_column(col, overflow="fold")
+    marks = {"ok": "[green]OK[/]", "warn": "[yellow]WARN[/]", "error": "[red]ERROR[/]"}
+    for f in findings:
+        t.add_row(marks[f.level], escape(f.subject), escape(f.detail))
+    return t
+
+
 def broker_config_cmd(
     host: Annotated[list[str] | None, typer.Option("--host", help="Name or IP nodes dial; repeat for several. Goes into "
                                                    "the broker's TLS certificate (broker.hosts).", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Directory to write config, password file, ACL and "
+    out: Annotated[Path | None, typer.Option("--out", help="Directory to write config, password files, ACLs and "
                                              "certificates to (broker.dir; default ./broker).", show_default=False)] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Mosquitto persistence directory (broker.state_dir).",
                                                    show_default=False)] = None,
     tls_port: Annotated[int | None, typer.Option(help="TLS listener for nodes (broker.tls_port).", show_default=False)] = None,
-    plain_port: Annotated[int | None, typer.Option(help="Loopback-only listener for the collector on the same host "
+    plain_port: Annotated[int | None, typer.Option(help="Internal listener for collectors and the operator "
                                                    "(broker.plain_port).", show_default=False)] = None,
     fleet_size: Annotated[int | None, typer.Option(help="Nodes to size queues for (broker.fleet_size; default: active "
                                                    "nodes in the registry; give the planned size before a roll-out).",
                                                    show_default=False)] = None,
     ca_cert: Annotated[Path | None, typer.Option(help="The city's CA certificate, instead of a kerbside CA "
                                                  "(broker.ca_cert).", show_default=False)] = None,
-    ca_key: Annotated[Path | None, typer.Option(help="The city's CA key, to issue the broker certificate from "
-                                                "(broker.ca_key).", show_default=False)] = None,
-    server_cert: Annotated[Path | None, typer.Option(help="A broker certificate the city issued, with --server-key and "
-                                                     "--ca-cert (broker.server_cert).", show_default=False)] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="The CA's private key, wherever you keep it offline: needed to issue "
+                                                "or renew the broker certificate (broker.ca_key).", show_default=False)] = None,
+    server_cert: Annotated[Path | None, typer.Option(help="A broker certificate the city issued, with --server-key "
+                                                     "(broker.server_cert).", show_default=False)] = None,
     server_key: Annotated[Path | None, typer.Option(help="Its private key (broker.server_key).", show_default=False)] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="After writing: check that mosquitto can read every file and "
+                                        "accepts the config, reload it (SIGHUP to broker.pid_file) and confirm the "
+                                        "collector is connected again.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Write nothing: report certificate expiry, CA/certificate "
+                                        "mismatch, files mosquitto cannot read, and try the config. Exit 1 when "
+                                        "something needs doing.")] = False,
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Render the Mosquitto configuration from the registry: TLS, per-node passwords, ACL, queue limits.
+    """Render the Mosquitto configuration from the registry: TLS, accounts, ACLs, queue and size limits.
 
-    Re-run after every provision, decommission or rotation, then reload mosquitto
-    (SIGHUP). The CA, server key and collector secret are kept across runs. The
-    broker's in-flight window and session expiry follow the [mqtt] settings of the
-    collector, so give it the collector's settings file.
+    Re-run after every provision, decommission or rotation, with --apply to check, reload and confirm.
+    The CA is never replaced; the broker certificate is renewed from it before it expires (pass --ca-key
+    when the CA key is kept offline); the accounts' secrets are kept. The broker's in-flight window and
+    session expiry follow the [mqtt] settings of the collector, so give it the collector's settings file.
 
     Example:
 
-      kerbside broker-config --host mqtt.city.example --out /etc/mosquitto/kerbside
+      kerbside broker-config -c /etc/kerbside/collector.toml --host mqtt.city.example --out /etc/mosquitto/kerbside --apply
     """
     from kerbside.core.errors import ConfigError
     from kerbside.provisioning import broker
+    from kerbside.provisioning import broker_apply as ba
     from kerbside.provisioning.broker_dir import BrokerDir, write_all
 
     cfg = options.load(config, broker__hosts=host, broker__dir=out, broker__state_dir=state_dir, broker__tls_port=tls_port,
@@ -380,35 +398,63 @@ def broker_config_cmd(
                        broker__ca_key=ca_key, broker__server_cert=server_cert, broker__server_key=server_key,
                        registry__path=registry)
     b = cfg.broker
+    d = BrokerDir(Path(b.dir or "broker"))
+    if check:
+        if not d.conf.exists():
+            raise fail(f"no broker configuration in {d.root}: run broker-config without --check first", 1)
+        findings = ba.check_certs(d, b.hosts) + ba.check_access(d, b) + ba.trial_run(d, b)
+        console.print(_findings_table(f"Broker in {d.root}", findings))
+        if any(f.level != "ok" for f in findings):
+            raise typer.Exit(1)
+        return
     if not b.hosts:
         raise fail("pass --host with the name nodes use to reach the broker (e.g. --host mqtt.city.example); "
                    "it must match [node] broker_host in the depot's settings")
-    out = Path(b.dir or "broker")
-    fleet = b.fleet_size or None
-    d = BrokerDir(out)
     devices = _registry(cfg).load()
-    tls = {"city_ca": b.ca_cert, "city_ca_key": b.ca_key, "server_cert": b.server_cert, "server_key": b.server_key}
     try:
-        done = write_all(d, devices, b.hosts, Path(b.state_dir), tls_port=b.tls_port, plain_port=b.plain_port,
-                         fleet_size=fleet, mqtt=cfg.mqtt, **{k: Path(v) if v else None for k, v in tls.items()})
+        tls = write_all(d, devices, b, cfg.mqtt)
     except OSError as e:  # a certificate or key named in the settings is missing, or --out is not writable
         raise ConfigError(str(e)) from e
     active = sum(dev.active for dev in devices.values())
-    t = Table(title=f"Broker config in {out}", title_justify="left")
-    t.add_column("file")
-    t.add_column("mode")
-    t.add_column("what")
+    accounts = broker.Accounts.from_settings(b)
+    t = Table(title=f"Broker config in {d.root}", title_justify="left")
+    for col in ("file", "owner", "mode", "what"):
+        t.add_column(col)
     f = d.files
-    for path, what in ((d.conf, "mosquitto.conf: include it or point mosquitto -c at it"),
-                       (f.password_file, f"{active} active nodes + collector"), (f.acl_file, "per-node topic rules"),
+    for path, what in ((d.conf, "mosquitto.conf: point mosquitto -c at it"),
+                       (f.password_file, f"{active} active nodes"), (f.acl_file, "each node: its own topics"),
+                       (f.internal_password_file, f"{', '.join(accounts.all)}"),
+                       (f.internal_acl_file, "collectors read, the operator commands"),
                        (f.cafile, "CA: nodes get this as /ca.pem"), (f.certfile, "broker certificate"),
-                       (f.keyfile, "broker key"), (d.collector_secret, "collector's MQTT password"),
+                       (f.keyfile, "broker key"),
+                       *((d.secret_file(a), "collector's mqtt.password" if a in accounts.ingest else "operator's password")
+                         for a in accounts.all),
                        *(((d.ca_key, "CA private key: move it offline"),) if d.ca_key.exists() else ())):
-        t.add_row(str(path), f"{path.stat().st_mode & 0o777:04o}", what)
+        st = path.stat()
+        t.add_row(str(path), ba.describe(st).split()[0], f"{st.st_mode & 0o777:04o}", what)
     console.print(t)
-    console.print(f"{escape(done)}. Queue limit {broker.queue_limit(fleet if fleet is not None else active)} messages.")
-    console.print(f"Mosquitto runs as user mosquitto: `chown mosquitto {f.password_file} {f.keyfile}` if you rendered as "
-                  f"another user. Then {broker.RELOAD_HINT}.")
+    n = b.fleet_size or active
+    console.print(f"{escape(str(tls))}. Queue limit {broker.queue_limit(n)} messages, "
+                  f"{broker.queue_bytes(broker.queue_limit(n)) // 2**20} MiB; packets up to {broker.MAX_PACKET} bytes.")
+    for w in tls.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    names = " / ".join(accounts.ingest)
+    console.print(f"Collector settings: mqtt.username = mqtt.client_id = {names} (the broker makes the client id the user "
+                  f"name), mqtt.password from {d.secret_file(accounts.ingest[0]).name}.")
+    if not apply:
+        console.print(f"Mosquitto runs as {b.system_user} and must read passwd, passwd.internal and server.key: files "
+                      f"replaced here kept their owner and mode. Then {broker.RELOAD_HINT}.")
+        return
+    findings = ba.check_certs(d, b.hosts) + ba.check_access(d, b) + ba.trial_run(d, b)
+    if any(x.level == "error" for x in findings):
+        console.print(_findings_table("Checks before the reload", findings))
+        raise fail("not reloaded: the running broker keeps its previous files in memory until it is reloaded or "
+                   "restarted, so fix the errors above and run broker-config --apply again", 1)
+    pid = ba.reload(Path(b.pid_file))
+    after = [ba.confirm_operator(d, b), ba.confirm_collector(cfg.http)]
+    console.print(_findings_table(f"Reloaded mosquitto (pid {pid})", findings + after))
+    if any(x.level == "error" for x in after):
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
