@@ -67,8 +67,9 @@ MAX_PACKET = max(contract.MAX_PAYLOAD + PACKET_OVERHEAD, contract.MAX_TO_NODE + 
 clients, so it is the larger of the two. Anything bigger is refused before it is read: the client is
 disconnected and nothing is stored or relayed."""
 
-RELOAD_HINT = ("reload mosquitto so it re-reads the password files, ACLs and certificate: `kerbside broker-config "
-               "--apply` (checks, reloads, confirms), or `systemctl reload mosquitto`")
+RELOAD_HINT = ("reload mosquitto so it re-reads the password files, ACLs and certificate: on the broker host "
+               "`kerbside broker-config --apply` (checks, reloads, confirms), or `systemctl reload mosquitto` "
+               "(`kill -HUP <pid>`)")
 
 
 class AccountError(ConfigError):

@@ -128,20 +128,22 @@ def check_certs(d: BrokerDir, hosts: list[str]) -> list[Finding]:
         return [Finding(ERROR, f.cafile.name, str(e))]
     left = pki.days_left(ca)
     level = ERROR if left < 0 else WARN if left < pki.CA_WARN_DAYS else OK
+    when = f"expired {-left:.0f} days ago" if left < 0 else f"in {left:.0f} days"
     out.append(Finding(level, f.cafile.name, f"CA {ca.subject.rfc4514_string()}, expires {ca.not_valid_after_utc:%Y-%m-%d} "
-                       f"({left:.0f} days)" + ("" if level == OK else ": nodes must get a new /ca.pem before then")))
+                       f"({when})" + ("" if level == OK else ": nodes must get a new /ca.pem before then")))
     try:
         cert = pki.load_cert(f.certfile.read_bytes(), f.certfile.name)
         must, soon = server_cert_problems(d, ca, hosts)
     except (OSError, pki.PkiError) as e:
         return [*out, Finding(ERROR, f.certfile.name, str(e))]
     left = pki.days_left(cert)
+    when = f"expired {-left:.0f} days ago" if left < 0 else f"in {left:.0f} days"
     names = ", ".join(sorted(pki.sans(cert)))
     if must:
         out.append(Finding(ERROR, f.certfile.name, "; ".join(must)))
     expired = left < 0
     out.append(Finding(ERROR if expired else WARN if soon else OK, f.certfile.name,
-                       f"for {names}, issued by the CA, expires {cert.not_valid_after_utc:%Y-%m-%d} ({left:.0f} days)"
+                       f"for {names}, issued by the CA, expires {cert.not_valid_after_utc:%Y-%m-%d} ({when})"
                        + ("; renew: broker-config --ca-key /path/to/ca.key" if soon else "")))
     return out
 

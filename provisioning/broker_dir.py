@@ -239,8 +239,7 @@ def render_nodes(d: BrokerDir, devices: dict[str, Device], system_user: str | No
     write_for_broker(f.acl_file, broker.render_acl(), secret=False, system_user=system_user)
 
 
-def write_all(d: BrokerDir, devices: dict[str, Device], b: BrokerConfig, mqtt: MqttConfig | None = None,
-              log_dest: str = "syslog") -> TlsResult:
+def write_all(d: BrokerDir, devices: dict[str, Device], b: BrokerConfig, mqtt: MqttConfig | None = None) -> TlsResult:
     """Everything, for `broker-config`: `b` is the [broker] section, `mqtt` the collector's [mqtt] the broker must serve."""
     accounts = broker.Accounts.from_settings(b)
     tls = ensure_tls(d, b.hosts, **tls_paths(b), system_user=b.system_user)
@@ -248,7 +247,7 @@ def write_all(d: BrokerDir, devices: dict[str, Device], b: BrokerConfig, mqtt: M
     render_internal(d, accounts, b.system_user)
     n = b.fleet_size or sum(1 for dev in devices.values() if dev.active)
     conf = broker.render_conf(d.files, Path(b.state_dir), broker.queue_limit(n), b.tls_port, b.plain_port, b.tls_bind, mqtt,
-                              b.internal_bind, Path(b.pid_file), b.system_user, log_dest)
+                              b.internal_bind, Path(b.pid_file), b.system_user, b.log_dest)
     write_for_broker(d.conf, conf, secret=False, system_user=b.system_user)
     return tls
 

@@ -199,6 +199,8 @@ class BrokerConfig:
     """The user mosquitto runs as: every file it reads must be readable by it."""
     pid_file: str = _path("/run/mosquitto/mosquitto.pid")
     """Where mosquitto writes its pid: `broker-config --apply` reloads that process."""
+    log_dest: str = "syslog"
+    """Mosquitto's log_dest: syslog, stderr, or "file /var/log/mosquitto/mosquitto.log"."""
     fleet_size: int = 0
     """Nodes to size the queues for; 0: the active nodes in the registry."""
     ca_cert: str = _path()

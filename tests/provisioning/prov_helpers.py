@@ -111,6 +111,17 @@ def connect(port: int, user: str, password: str, ca: Path | None = None, client_
     return probe
 
 
+def wait_refused(port: int, user: str, password: str, ca: Path | None = None) -> None:
+    """After a SIGHUP the broker re-reads its files asynchronously: poll until the credential stops working."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            connect(port, user, password, ca).close()
+        except Refused:
+            return
+    raise AssertionError(f"{user} still accepted {WAIT} s after reload")
+
+
 def add_device(registry: Registry, device_id: str, kit: str = "air", site: str = "test-site") -> str:
     secret = new_secret()
     with registry.edit() as devices:
@@ -165,7 +176,7 @@ class RenderedBroker:
     """The real mosquitto running the very files `kerbside broker-config` writes, on loopback ports.
 
     Only the listeners' addresses, the log and the pid file's place differ from production, and those are
-    settings (broker.tls_bind, broker.pid_file) or a renderer argument (log_dest), not edits of the file.
+    settings (broker.tls_bind, broker.log_dest, broker.pid_file), not edits of the file.
     """
 
     root: Path
@@ -186,7 +197,8 @@ class RenderedBroker:
         defaults: dict[str, object] = {
             "dir": str(root / "broker"), "hosts": ["127.0.0.1", "localhost"], "state_dir": str(state),
             "tls_port": free_port(), "tls_bind": LOOPBACK, "plain_port": free_port(),
-            "pid_file": str(state / "mosquitto.pid"), "system_user": getpass.getuser()}
+            "pid_file": str(state / "mosquitto.pid"), "system_user": getpass.getuser(),
+            "log_dest": f"file {state / 'mosquitto.log'}"}
         rb = cls(root, registry, BrokerConfig(**{**defaults, **settings}))  # type: ignore[arg-type]
         rb.secrets = {d: add_device(registry, d) for d in devices}
         rb.render()
@@ -213,7 +225,7 @@ class RenderedBroker:
         return Path(self.settings.state_dir) / "mosquitto.log"
 
     def render(self, mqtt_cfg: MqttConfig | None = None) -> TlsResult:
-        return write_all(self.dir, self.registry.load(), self.settings, mqtt_cfg, log_dest=f"file {self.log}")
+        return write_all(self.dir, self.registry.load(), self.settings, mqtt_cfg)
 
     def secret(self, account: str) -> str:
         return account_password(self.dir, account)
@@ -222,6 +234,10 @@ class RenderedBroker:
         from kerbside.devstack import require, wait_for
 
         self.log.touch()
+        if os.geteuid() == 0:  # mosquitto opens its log after switching to its user
+            import pwd
+
+            os.chown(self.log, pwd.getpwnam(self.settings.system_user).pw_uid, -1)
         self.proc = subprocess.Popen([require("mosquitto", "mosquitto"), "-c", str(self.dir.conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
 

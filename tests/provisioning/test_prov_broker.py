@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from prov_helpers import WAIT, Refused, add_device, connect
+from prov_helpers import WAIT, Refused, add_device, connect, wait_refused
 
 from kerbside.provisioning import broker, fleet, pki
 from kerbside.provisioning.passwd import hash_password, passwd_line, verify_password
@@ -22,17 +22,6 @@ A, B, C, D = "0a0a0a01", "0a0a0a02", "0a0a0a03", "0a0a0a04"
 
 def topic(device: str, kind: str) -> str:
     return f"kerbside/v1/{device}/{kind}"
-
-
-def wait_refused(port: int, user: str, password: str, ca: Path | None = None) -> None:
-    """After a SIGHUP the broker re-reads its files asynchronously: poll until the credential stops working."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        try:
-            connect(port, user, password, ca).close()
-        except Refused:
-            return
-    raise AssertionError(f"{user} still accepted {WAIT} s after reload")
 
 
 def test_node_publishes_own_readings_over_tls(fleet_broker) -> None:

@@ -31,3 +31,29 @@ def node_pub(rb: RenderedBroker, device: str, topic: str, **kw: object) -> subpr
 
 def topic(device: str, kind: str) -> str:
     return f"kerbside/v1/{device}/{kind}"
+
+
+def settings_env(rb: RenderedBroker, **sections: dict[str, object]) -> dict[str, str]:
+    """The environment that gives a `kerbside` command exactly this broker's settings (and `sections` on top)."""
+    import dataclasses
+
+    from kerbside.core.settings import Config, child_env
+
+    cfg = Config()
+    cfg.broker = dataclasses.replace(rb.settings)
+    cfg.registry.path = str(rb.registry.path)
+    for section, values in sections.items():
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, str(value) if isinstance(value, Path) else value)
+    return child_env(cfg, base={})
+
+
+def kerbside(env: dict[str, str], *args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    """Run a `kerbside` command in-process with exactly `env`'s settings; a wide console keeps messages on one line."""
+    from typer.testing import CliRunner
+
+    from kerbside.cli import app
+    from kerbside.provisioning import cli
+
+    cli.console.width = cli.err.width = 250
+    return CliRunner().invoke(app, list(args), env=env, input=input)
