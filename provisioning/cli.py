@@ -69,6 +69,7 @@ def flash_cmd(
                                                   show_default=False)] = None,
     baud: Annotated[int, typer.Option(help="Fastest baud rate to try; lowered by itself when the USB link is flaky.")] = 460800,
     erase: Annotated[bool, typer.Option(help="Erase the whole flash first (removes any old config and secrets).")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show esptool's own messages and warnings.")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Put MicroPython on a node: detect the chip, erase, write, verify, reset.
@@ -87,7 +88,8 @@ def flash_cmd(
                    "it from https://micropython.org/download/ESP32_GENERIC/")
     chosen = choose(port)
     with console.status(f"flashing {chosen}") as status:
-        done = flash(chosen, Path(cfg.firmware.image), baud=baud, erase=erase, say=lambda m: status.update(m))
+        done = flash(chosen, Path(cfg.firmware.image), baud=baud, erase=erase, say=lambda m: status.update(m),
+                     verbose=verbose)
     console.print(f"[green]PASS[/] {done.chip} on {done.port}: wrote and verified {done.image.name} "
                   f"({done.size // 1024} KiB at {done.offset:#x}, {done.baud} baud).")
     console.print('Next: [bold]kerbside provision --kit air|traffic --site "..."[/]')
@@ -107,18 +109,23 @@ def _selftest_table(out) -> Table:  # type: ignore[no-untyped-def]
 
 
 def provision_cmd(
-    kit: Annotated[str | None, typer.Option(help="What the node measures: air or traffic.")] = None,
+    kit: Annotated[str | None, typer.Option(help="What the node measures: air or traffic. Needed for a new node; a "
+                                            "provisioned one keeps its own unless you change it.")] = None,
     site: Annotated[str | None, typer.Option(help="Where it is mounted, as analysts will search for it "
-                                             "(e.g. 'Ringstrasse 12 north lamp post').")] = None,
-    zone: Annotated[str, typer.Option(help="Zone tag, e.g. lez-inner or control.")] = "",
+                                             "(e.g. 'Ringstrasse 12 north lamp post'). Needed for a new node.")] = None,
+    zone: Annotated[str | None, typer.Option(help="Zone tag, e.g. lez-inner or control ('' clears it).",
+                                             show_default=False)] = None,
     lat: Annotated[float | None, typer.Option(help="Latitude (WGS84), with --lon.")] = None,
     lon: Annotated[float | None, typer.Option(help="Longitude (WGS84), with --lat.")] = None,
     port: Annotated[str | None, typer.Option("--port", "-p", help="Serial port; found automatically when only one "
                                              "USB serial device is plugged in.")] = None,
     batch: Annotated[Path | None, typer.Option(help="CSV with columns port,kit,site,zone,lat,lon: provision every row; "
-                                               "a failed node does not stop the rest.")] = None,
+                                               "a failed node does not stop the rest. Rows on one port (or no port "
+                                               "column and --port): plug in one node after another.")] = None,
     parallel: Annotated[bool, typer.Option(help="With --batch: provision nodes on different ports at the same time "
                                            "(a USB hub full of nodes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing what the registry says about a "
+                                      "node (the changes are still shown).")] = False,
     config: ConfigOpt = None,
     broker_host: Annotated[str | None, typer.Option(help="Broker host name nodes dial (node.broker_host).",
                                                     show_default=False)] = None,
@@ -137,8 +144,9 @@ def provision_cmd(
     """Give a node its identity, config, CA and firmware, then prove it works.
 
     What every node gets (Wi-Fi, broker, CA, timing) is the [node] section of the settings: the depot
-    profile (docs/configuration.md). Safe to re-run: a provisioned node keeps its id and secret, and only
-    changed files are uploaded. Exit status 0 when every self-test check passed, 1 when a node failed,
+    profile (docs/configuration.md). Safe to re-run: a provisioned node keeps its id and secret, and
+    what the registry says about it unless a flag changes it (the changes are shown and confirmed first);
+    only changed files are uploaded. Exit status 0 when every self-test check passed, 1 when a node failed,
     2 on a usage error (nothing was touched).
 
     Example:
@@ -159,12 +167,13 @@ def provision_cmd(
     try:
         prof = Profile.from_settings(cfg.node).check()
         if batch is not None:
-            if kit or site:
-                raise ConfigError("--batch takes kit and site from the CSV; drop --kit/--site")
+            if kit or site or zone is not None or lat is not None:
+                raise ConfigError("--batch takes kit, site, zone and location from the CSV; drop those flags")
             rows = batchmod.parse(batch, port)
+            if parallel and batchmod.shared_ports(rows):
+                raise ConfigError(f"rows share ports ({', '.join(sorted(batchmod.shared_ports(rows)))}): one board after "
+                                  "another cannot go in parallel; drop --parallel, or give each row its own port")
         else:
-            if not kit or not site:
-                raise ConfigError("pass --kit and --site (or --batch FILE.csv)")
             spec = NodeSpec(kit=kit, site=site, zone=zone, lat=lat, lon=lon).check()
             rows = [batchmod.Row(0, choose(port), spec)]
         with console.status("compiling firmware with mpy-cross"):
@@ -178,19 +187,55 @@ def provision_cmd(
 
             render_nodes(BrokerDir(broker_dir), reg.load(), cfg.broker.system_user)
 
-    def one(row: batchmod.Row, say: Callable[[str], None]):  # type: ignore[no-untyped-def]
+    live: list = []  # the spinner or progress bar on screen, paused while the technician is asked something
+
+    def ask(question: str, changes: list[str] = ()) -> str:  # type: ignore[assignment]
+        for display in live:
+            display.stop()
+        try:
+            for c in changes:
+                console.print(f"  {escape(c)}")
+            return console.input(question)
+        finally:
+            for display in live:
+                display.start()
+
+    def confirm(changes: list[str]) -> bool:
+        console.print("Re-provisioning changes:")
+        if yes:
+            for c in changes:
+                console.print(f"  {escape(c)}")
+            return True
+        try:
+            return ask("Write these changes? [y/N] ", changes).strip().lower() in ("y", "yes")
+        except EOFError:
+            return False
+
+    def next_node(row: batchmod.Row, why: str) -> None:
+        if why:
+            err.print(f"[yellow]{escape(why)}[/]", highlight=False)
+        try:
+            answer = ask(f"Line {row.line} ({escape(row.spec.site or '')}): plug the next node into {escape(row.port)} "
+                         "and press Enter (or type stop) ")
+        except EOFError:
+            raise batchmod.NoNextNode(f"line {row.line}: no next node (no answer from the keyboard)") from None
+        if answer.strip().lower() == "stop":
+            raise batchmod.NoNextNode(f"line {row.line}: the batch was stopped")
+
+    def one(row: batchmod.Row, seen: batchmod.Seen, say: Callable[[str], None]):  # type: ignore[no-untyped-def]
         return provision(row.port, row.spec, prof, reg, firmware, new_identity=new_identity, run_selftest=selftest, say=say,
-                         registered=registered)
+                         registered=registered, confirm=confirm, refuse=seen)
 
     if batch is None:
         with console.status("provisioning") as status:
-            results = batchmod.run(rows, lambda r: one(r, lambda m: status.update(f"{r.port}: {m}")))
+            live.append(status)
+            results = batchmod.run(rows, lambda r, seen: one(r, seen, lambda m: status.update(f"{r.port}: {m}")))
         res = results[0]
         if res.outcome is None:
-            raise fail(f"{res.error}", 1)
+            raise fail(f"{res.error}", res.exit_code)
         _report_one(res.outcome, selftest)
     else:
-        results = _run_batch(rows, one, parallel)
+        results = _run_batch(rows, one, parallel, next_node, live)
     if any(r.outcome is not None and r.outcome.new_secret for r in results):
         _refresh_broker(cfg, reg)  # the broker must learn the new secrets
     if not all(r.ok or (not selftest and r.outcome is not None) for r in results):
@@ -201,6 +246,8 @@ def _report_one(out, selftest: bool) -> None:  # type: ignore[no-untyped-def]
     ident = "new identity" if out.new_identity else "kept its identity"
     console.print(f"Node [bold]{out.device_id}[/] {ident}; uploaded {len(out.uploaded)} files, "
                   f"{len(out.unchanged)} unchanged, removed {len(out.removed)} stale.")
+    for change in out.changes:
+        console.print(f"  changed: {escape(change)}")
     for note in out.notes:
         console.print(f"  note: {escape(note)}")
     if not selftest:
@@ -215,20 +262,21 @@ def _report_one(out, selftest: bool) -> None:  # type: ignore[no-untyped-def]
                       "fix it and re-run the same command (the node keeps its id).")
 
 
-def _run_batch(rows, one, parallel: bool):  # type: ignore[no-untyped-def]
+def _run_batch(rows, one, parallel: bool, next_node, live: list):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kerbside.provisioning import batch as batchmod
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
+        live.append(progress)
         task = progress.add_task("provisioning", total=len(rows))
 
         def say_for(row: batchmod.Row) -> Callable[[str], None]:
             return lambda m: progress.update(task, description=f"{row.port}: {m}"[:70])
 
-        results = batchmod.run(rows, lambda r: one(r, say_for(r)), on_done=lambda _r: progress.advance(task),
-                               parallel=parallel)
+        results = batchmod.run(rows, lambda r, seen: one(r, seen, say_for(r)), on_done=lambda _r: progress.advance(task),
+                               parallel=parallel, next_node=next_node)
     t = Table(title="Batch summary", title_justify="left")
     for col in ("line", "port", "site", "device", "result", "detail"):
         t.add_column(col, overflow="fold")
@@ -240,10 +288,11 @@ def _run_batch(rows, one, parallel: bool):  # type: ignore[no-untyped-def]
             failed = r.outcome.selftest.failed if r.outcome.selftest else []
             verdict = "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
             detail = escape(", ".join(f"{c.name}: {c.detail}" for c in failed))
-        t.add_row(str(r.row.line), escape(r.row.port), escape(r.row.spec.site), dev, verdict, detail)
+        t.add_row(str(r.row.line), escape(r.row.port), escape(r.row.spec.site or ""), dev, verdict, detail)
     console.print(t)
     ok = sum(r.ok for r in results)
-    console.print(f"{ok} of {len(results)} nodes passed." + ("" if ok == len(results) else
+    ids = {r.outcome.device_id for r in results if r.outcome is not None}
+    console.print(f"{ok} of {len(results)} nodes passed ({len(ids)} distinct boards)." + ("" if ok == len(results) else
                   " Fix the failed ones and re-run the batch: passed nodes keep their ids and are only re-checked."))
     return results
 
@@ -330,8 +379,8 @@ def registry_rotate(
     cfg = options.load(config, registry__path=registry, broker__dir=broker_dir)
     reg = _registry(cfg)
     d, _secret = rotate(reg, device_id)
-    console.print(f"{d.id} now on credential {d.credential}. Next: plug it in and run "
-                  f"[bold]kerbside provision --kit {d.kit} --site \"{escape(d.site)}\"[/] to give it the new secret.")
+    console.print(f"{d.id} now on credential {d.credential}. Next: plug it in and run [bold]kerbside provision[/] to "
+                  "give it the new secret (it keeps its id, kit, site, zone and location).")
     _refresh_broker(cfg, reg)
 
 

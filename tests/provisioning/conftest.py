@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +15,8 @@ from kerbside.provisioning.bundle import DeviceFile
 from kerbside.provisioning.rawrepl import RawRepl
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 sys.path.append(str(HERE))
-from prov_helpers import EmulatedBoard, Probe, RenderedBroker, connect, start_board  # noqa: E402
+from prov_helpers import EmulatedBoard, Probe, RenderedBroker, connect, standin_firmware, start_board  # noqa: E402
 
 
 class FleetBroker(RenderedBroker):
@@ -63,10 +61,7 @@ def firmware_files() -> list[DeviceFile]:
 @pytest.fixture(scope="session")
 def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real firmware with a stand-in self-test that can pass without hardware (see standin/selftest.py)."""
-    fw = tmp_path_factory.mktemp("firmware")
-    shutil.copytree(ROOT / "firmware", fw, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(HERE / "standin" / "selftest.py", fw / "knode" / "selftest.py")
-    return fw
+    return standin_firmware(tmp_path_factory.mktemp("firmware"))
 
 
 @pytest.fixture(scope="session")

@@ -130,6 +130,16 @@ def add_device(registry: Registry, device_id: str, kit: str = "air", site: str =
 
 
 MPY_DIR = Path(__file__).resolve().parent.parent / "mpy"
+ROOT = MPY_DIR.parent.parent
+
+
+def standin_firmware(dest: Path) -> Path:
+    """The real firmware with a stand-in self-test that can pass without hardware (see standin/selftest.py)."""
+    import shutil
+
+    shutil.copytree(ROOT / "firmware", dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(Path(__file__).resolve().parent / "standin" / "selftest.py", dest / "knode" / "selftest.py")
+    return dest
 
 
 @dataclass

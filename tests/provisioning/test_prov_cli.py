@@ -115,9 +115,9 @@ def test_batch_rejects_a_malformed_file_before_touching_nodes(depot: Path) -> No
 
 
 @pytest.mark.services
-def test_provision_usage_errors(depot: Path) -> None:
-    r = runner.invoke(app, ["provision", "--port", "/dev/null"])
-    assert r.exit_code == 2 and "pass --kit and --site" in r.output
+def test_provision_usage_errors(board, depot: Path) -> None:
+    r = runner.invoke(app, ["provision", "--port", board.port, "--no-selftest"])  # a new board, and no kit or site
+    assert r.exit_code == 2 and "this board is a new node" in r.output and "pass --kit and --site" in r.output
     r = runner.invoke(app, ["provision", "--port", "/dev/ttyUSB-gone", "--kit", "air", "--site", "x"])
     assert r.exit_code == 1 and "cannot open /dev/ttyUSB-gone: no such port: is the node plugged in" in r.output
     assert Registry(depot / "registry.json").load() == {}

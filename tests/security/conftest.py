@@ -15,8 +15,17 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE))
 sys.path.append(str(HERE.parent / "provisioning"))
-from prov_helpers import RenderedBroker  # noqa: E402
+from prov_helpers import EmulatedBoard, RenderedBroker, standin_firmware, start_board  # noqa: E402
 from sec_helpers import A, B  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables wrap at 80 columns; a wide console keeps each message on one line for the assertions."""
+    from kerbside.provisioning import cli
+
+    monkeypatch.setattr(cli.console, "width", 250)
+    monkeypatch.setattr(cli.err, "width", 250)
 
 
 @pytest.fixture
@@ -25,3 +34,15 @@ def rendered(tmp_path: Path) -> Iterator[RenderedBroker]:
     rb = RenderedBroker.create(tmp_path, (A, B)).start()
     yield rb
     rb.stop()
+
+
+@pytest.fixture
+def board(micropython: object) -> Iterator[EmulatedBoard]:
+    b = start_board()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return standin_firmware(tmp_path_factory.mktemp("firmware"))

@@ -48,12 +48,10 @@ def settings_env(rb: RenderedBroker, **sections: dict[str, object]) -> dict[str,
     return child_env(cfg, base={})
 
 
-def kerbside(env: dict[str, str], *args: str, input: str | None = None):  # type: ignore[no-untyped-def]
-    """Run a `kerbside` command in-process with exactly `env`'s settings; a wide console keeps messages on one line."""
+def kerbside(env: dict[str, str] | None, *args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    """Run a `kerbside` command in-process with exactly `env`'s settings (None: the test's environment)."""
     from typer.testing import CliRunner
 
     from kerbside.cli import app
-    from kerbside.provisioning import cli
 
-    cli.console.width = cli.err.width = 250
     return CliRunner().invoke(app, list(args), env=env, input=input)
