@@ -110,7 +110,7 @@ def _not_an_esp32(e: Exception, port: str) -> FlashError:
 
 @dataclass
 class _Quiet:
-    """esptool's logger while a technician flashes: everything it says is kept, for --verbose and for errors."""
+    """esptool's logger while a technician flashes: what it says is kept here, off the terminal."""
 
     lines: list[str] = field(default_factory=list)
 

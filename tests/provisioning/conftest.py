@@ -16,7 +16,8 @@ from kerbside.provisioning.rawrepl import RawRepl
 
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE))
-from prov_helpers import EmulatedBoard, Probe, RenderedBroker, connect, standin_firmware, start_board  # noqa: E402
+from prov_fixtures import *  # noqa: E402, F403  (the fixtures board and standin_dir, shared with tests/security)
+from prov_helpers import Probe, RenderedBroker, connect  # noqa: E402
 
 
 class FleetBroker(RenderedBroker):
@@ -45,23 +46,10 @@ def fleet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetBrok
     fb.stop()
 
 
-@pytest.fixture
-def board(micropython: object) -> Iterator[EmulatedBoard]:
-    b = start_board()
-    yield b
-    b.stop()
-
-
 @pytest.fixture(scope="session")
 def firmware_files() -> list[DeviceFile]:
     """The real firmware, compiled with mpy-cross, self-test included."""
     return bundle.build()
-
-
-@pytest.fixture(scope="session")
-def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real firmware with a stand-in self-test that can pass without hardware (see standin/selftest.py)."""
-    return standin_firmware(tmp_path_factory.mktemp("firmware"))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE))
 sys.path.append(str(HERE.parent / "provisioning"))
-from prov_helpers import EmulatedBoard, RenderedBroker, standin_firmware, start_board  # noqa: E402
+from prov_fixtures import *  # noqa: E402, F403  (the fixtures board and standin_dir, shared with tests/provisioning)
+from prov_helpers import RenderedBroker  # noqa: E402
 from sec_helpers import A, B  # noqa: E402
 
 
@@ -34,15 +35,3 @@ def rendered(tmp_path: Path) -> Iterator[RenderedBroker]:
     rb = RenderedBroker.create(tmp_path, (A, B)).start()
     yield rb
     rb.stop()
-
-
-@pytest.fixture
-def board(micropython: object) -> Iterator[EmulatedBoard]:
-    b = start_board()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="session")
-def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standin_firmware(tmp_path_factory.mktemp("firmware"))
