@@ -472,7 +472,7 @@ def broker_config_cmd(
     f = d.files
     for path, what in ((d.conf, "mosquitto.conf: point mosquitto -c at it"),
                        (f.password_file, f"{active} active nodes"), (f.acl_file, "each node: its own topics"),
-                       (f.internal_password_file, f"{', '.join(accounts.all)}"),
+                       (f.internal_password_file, ", ".join(accounts.all)),
                        (f.internal_acl_file, "collectors read, the operator commands"),
                        (f.cafile, "CA: nodes get this as /ca.pem"), (f.certfile, "broker certificate"),
                        (f.keyfile, "broker key"),
@@ -487,9 +487,9 @@ def broker_config_cmd(
                   f"{broker.queue_bytes(broker.queue_limit(n)) // 2**20} MiB; packets up to {broker.MAX_PACKET} bytes.")
     for w in tls.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    names = " / ".join(accounts.ingest)
-    console.print(f"Collector settings: mqtt.username = mqtt.client_id = {names} (the broker makes the client id the user "
-                  f"name), mqtt.password from {d.secret_file(accounts.ingest[0]).name}.")
+    for name in accounts.ingest:
+        console.print(f"Collector settings: mqtt.username = mqtt.client_id = {name} (the broker makes the client id the "
+                      f"user name), mqtt.password from {d.secret_file(name).name}.")
     if not apply:
         console.print(f"Mosquitto runs as {b.system_user} and must read passwd, passwd.internal and server.key: files "
                       f"replaced here kept their owner and mode. Then {broker.RELOAD_HINT}.")
