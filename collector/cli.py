@@ -229,18 +229,18 @@ def dlq_replay(
 ) -> None:
     """Send dead letters through again once their cause is fixed.
 
-    MQTT messages are republished (QoS1) on their original topic, so the running collector decodes them with
-    today's registry and rules; lines InfluxDB refused are written straight to InfluxDB. Entries that fail
-    again are dead-lettered again by the collector. Replayed entries are hidden from `dlq list` (use --all).
+    Each entry goes through today's decoder, registry and retention policies straight into InfluxDB, as the
+    collector would write it (no broker involved); lines InfluxDB refused are written again. An entry that is
+    refused again stays in the store and is listed with its reason. Replayed entries are hidden from
+    `dlq list` (use --all).
     Oversize payloads, of which only the start was kept, are never replayed.
 
     Example: after adding a node to the registry, kerbside dlq replay -c collector.toml --reason unknown_device
     """
-    import paho.mqtt.client as mqtt
-    from rich.progress import track
+    from rich.progress import Progress
 
     from kerbside.collector.influx import InfluxWriter
-    from kerbside.core.influx import InfluxDown
+    from kerbside.collector.replay import replay
 
     cfg, store = _dlq(config, spool)
     entries = [e for e in store.entries() if (reason is None or e.reason == reason)
@@ -253,49 +253,20 @@ def dlq_replay(
             typer.echo(f"{e.id} {e.reason} {e.topic or '(line)'}")
         typer.echo(f"{len(entries)} entries would be replayed")
         return
-    client = None
-    if any(not e.is_line for e in entries):
-        import urllib.parse
-
-        u = urllib.parse.urlsplit(cfg.mqtt.url)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{cfg.mqtt.client_id}-replay")
-        if cfg.mqtt.username:
-            client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password or None)
-        if u.scheme == "mqtts":
-            client.tls_set(ca_certs=cfg.mqtt.ca_file or None)
-        try:
-            client.connect(u.hostname or "127.0.0.1", u.port or 1883)
-        except OSError as err:
-            typer.echo(f"error: cannot reach the broker at {cfg.mqtt.url}: {err}", err=True)
-            raise typer.Exit(1) from None
-        client.loop_start()
     writer = InfluxWriter(cfg.influx)
-    done: list[str] = []
     try:
-        for e in track(entries, description="replaying"):
-            if e.is_line:
-                bad = writer.write([e.payload.decode()], cfg.influx.rp)
-                if bad:
-                    typer.echo(f"{e.id}: InfluxDB still refuses it: {bad[0][1]}", err=True)
-                    continue
-            else:
-                assert client is not None
-                info = client.publish(e.topic, e.payload, qos=1)
-                info.wait_for_publish(timeout=30)
-                if not info.is_published():
-                    typer.echo(f"{e.id}: broker did not confirm the publish; stopping", err=True)
-                    break
-            done.append(e.id)
-    except InfluxDown as err:
-        typer.echo(f"error: InfluxDB unavailable: {err}", err=True)
+        with Progress() as progress:
+            task = progress.add_task("replaying", total=len(entries))
+            out = replay(entries, cfg, writer, on_entry=lambda _e: progress.advance(task))
     finally:
-        store.mark_replayed(done)
         writer.close()
-        if client is not None:
-            client.loop_stop()
-            client.disconnect()
-    typer.echo(f"replayed {len(done)} of {len(entries)} entries")
-    if len(done) < len(entries):
+    store.mark_replayed(out.done)  # only what InfluxDB took
+    if out.stopped:
+        typer.echo(f"error: InfluxDB unavailable: {out.stopped}", err=True)
+    for entry_id, why in out.failed:
+        typer.echo(f"{entry_id}: still refused: {why}", err=True)
+    typer.echo(f"replayed {len(out.done)} of {len(entries)} entries")
+    if len(out.done) < len(entries):
         raise typer.Exit(1)
 
 

@@ -45,15 +45,16 @@ def _broker_dir(cfg) -> Path | None:  # type: ignore[no-untyped-def]
     return Path(cfg.broker.dir) if cfg.broker.dir else None
 
 
-def _refresh_broker(broker_dir: Path | None, registry) -> None:  # type: ignore[no-untyped-def]
+def _refresh_broker(cfg, registry) -> None:  # type: ignore[no-untyped-def]
     from kerbside.provisioning.broker import RELOAD_HINT
-    from kerbside.provisioning.broker_dir import BrokerDir, render_auth
+    from kerbside.provisioning.broker_dir import BrokerDir, render_nodes
 
+    broker_dir = _broker_dir(cfg)
     if broker_dir is None:
         console.print("Next: re-render the broker's password file with [bold]kerbside broker-config[/] (or pass "
                       f"--broker-dir), then {RELOAD_HINT}.")
         return
-    render_auth(BrokerDir(broker_dir), registry.load())
+    render_nodes(BrokerDir(broker_dir), registry.load(), cfg.broker.system_user)
     console.print(f"Re-rendered {broker_dir / 'passwd'}. Now {RELOAD_HINT}.")
 
 
@@ -68,6 +69,7 @@ def flash_cmd(
                                                   show_default=False)] = None,
     baud: Annotated[int, typer.Option(help="Fastest baud rate to try; lowered by itself when the USB link is flaky.")] = 460800,
     erase: Annotated[bool, typer.Option(help="Erase the whole flash first (removes any old config and secrets).")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show esptool's own messages and warnings.")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Put MicroPython on a node: detect the chip, erase, write, verify, reset.
@@ -86,7 +88,8 @@ def flash_cmd(
                    "it from https://micropython.org/download/ESP32_GENERIC/")
     chosen = choose(port)
     with console.status(f"flashing {chosen}") as status:
-        done = flash(chosen, Path(cfg.firmware.image), baud=baud, erase=erase, say=lambda m: status.update(m))
+        done = flash(chosen, Path(cfg.firmware.image), baud=baud, erase=erase, say=lambda m: status.update(m),
+                     verbose=verbose)
     console.print(f"[green]PASS[/] {done.chip} on {done.port}: wrote and verified {done.image.name} "
                   f"({done.size // 1024} KiB at {done.offset:#x}, {done.baud} baud).")
     console.print('Next: [bold]kerbside provision --kit air|traffic --site "..."[/]')
@@ -106,18 +109,23 @@ def _selftest_table(out) -> Table:  # type: ignore[no-untyped-def]
 
 
 def provision_cmd(
-    kit: Annotated[str | None, typer.Option(help="What the node measures: air or traffic.")] = None,
+    kit: Annotated[str | None, typer.Option(help="What the node measures: air or traffic. Needed for a new node; a "
+                                            "provisioned one keeps its own unless you change it.")] = None,
     site: Annotated[str | None, typer.Option(help="Where it is mounted, as analysts will search for it "
-                                             "(e.g. 'Ringstrasse 12 north lamp post').")] = None,
-    zone: Annotated[str, typer.Option(help="Zone tag, e.g. lez-inner or control.")] = "",
+                                             "(e.g. 'Ringstrasse 12 north lamp post'). Needed for a new node.")] = None,
+    zone: Annotated[str | None, typer.Option(help="Zone tag, e.g. lez-inner or control ('' clears it).",
+                                             show_default=False)] = None,
     lat: Annotated[float | None, typer.Option(help="Latitude (WGS84), with --lon.")] = None,
     lon: Annotated[float | None, typer.Option(help="Longitude (WGS84), with --lat.")] = None,
     port: Annotated[str | None, typer.Option("--port", "-p", help="Serial port; found automatically when only one "
                                              "USB serial device is plugged in.")] = None,
     batch: Annotated[Path | None, typer.Option(help="CSV with columns port,kit,site,zone,lat,lon: provision every row; "
-                                               "a failed node does not stop the rest.")] = None,
+                                               "a failed node does not stop the rest. Rows on one port (or no port "
+                                               "column and --port): plug in one node after another.")] = None,
     parallel: Annotated[bool, typer.Option(help="With --batch: provision nodes on different ports at the same time "
                                            "(a USB hub full of nodes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing what the registry says about a "
+                                      "node (the changes are still shown).")] = False,
     config: ConfigOpt = None,
     broker_host: Annotated[str | None, typer.Option(help="Broker host name nodes dial (node.broker_host).",
                                                     show_default=False)] = None,
@@ -136,8 +144,9 @@ def provision_cmd(
     """Give a node its identity, config, CA and firmware, then prove it works.
 
     What every node gets (Wi-Fi, broker, CA, timing) is the [node] section of the settings: the depot
-    profile (docs/configuration.md). Safe to re-run: a provisioned node keeps its id and secret, and only
-    changed files are uploaded. Exit status 0 when every self-test check passed, 1 when a node failed,
+    profile (docs/configuration.md). Safe to re-run: a provisioned node keeps its id and secret, and
+    what the registry says about it unless a flag changes it (the changes are shown and confirmed first);
+    only changed files are uploaded. Exit status 0 when every self-test check passed, 1 when a node failed,
     2 on a usage error (nothing was touched).
 
     Example:
@@ -158,12 +167,13 @@ def provision_cmd(
     try:
         prof = Profile.from_settings(cfg.node).check()
         if batch is not None:
-            if kit or site:
-                raise ConfigError("--batch takes kit and site from the CSV; drop --kit/--site")
+            if kit or site or zone is not None or lat is not None:
+                raise ConfigError("--batch takes kit, site, zone and location from the CSV; drop those flags")
             rows = batchmod.parse(batch, port)
+            if parallel and batchmod.shared_ports(rows):
+                raise ConfigError(f"rows share ports ({', '.join(sorted(batchmod.shared_ports(rows)))}): one board after "
+                                  "another cannot go in parallel; drop --parallel, or give each row its own port")
         else:
-            if not kit or not site:
-                raise ConfigError("pass --kit and --site (or --batch FILE.csv)")
             spec = NodeSpec(kit=kit, site=site, zone=zone, lat=lat, lon=lon).check()
             rows = [batchmod.Row(0, choose(port), spec)]
         with console.status("compiling firmware with mpy-cross"):
@@ -173,25 +183,61 @@ def provision_cmd(
 
     def registered() -> None:
         if broker_dir is not None:
-            from kerbside.provisioning.broker_dir import BrokerDir, render_auth
+            from kerbside.provisioning.broker_dir import BrokerDir, render_nodes
 
-            render_auth(BrokerDir(broker_dir), reg.load())
+            render_nodes(BrokerDir(broker_dir), reg.load(), cfg.broker.system_user)
 
-    def one(row: batchmod.Row, say: Callable[[str], None]):  # type: ignore[no-untyped-def]
+    live: list = []  # the spinner or progress bar on screen, paused while the technician is asked something
+
+    def ask(question: str, changes: list[str] = ()) -> str:  # type: ignore[assignment]
+        for display in live:
+            display.stop()
+        try:
+            for c in changes:
+                console.print(f"  {escape(c)}")
+            return console.input(question)
+        finally:
+            for display in live:
+                display.start()
+
+    def confirm(changes: list[str]) -> bool:
+        console.print("Re-provisioning changes:")
+        if yes:
+            for c in changes:
+                console.print(f"  {escape(c)}")
+            return True
+        try:
+            return ask("Write these changes? [y/N] ", changes).strip().lower() in ("y", "yes")
+        except EOFError:
+            return False
+
+    def next_node(row: batchmod.Row, why: str) -> None:
+        if why:
+            err.print(f"[yellow]{escape(why)}[/]", highlight=False)
+        try:
+            answer = ask(f"Line {row.line} ({escape(row.spec.site or '')}): plug the next node into {escape(row.port)} "
+                         "and press Enter (or type stop) ")
+        except EOFError:
+            raise batchmod.NoNextNode(f"line {row.line}: no next node (no answer from the keyboard)") from None
+        if answer.strip().lower() == "stop":
+            raise batchmod.NoNextNode(f"line {row.line}: the batch was stopped")
+
+    def one(row: batchmod.Row, seen: batchmod.Seen, say: Callable[[str], None]):  # type: ignore[no-untyped-def]
         return provision(row.port, row.spec, prof, reg, firmware, new_identity=new_identity, run_selftest=selftest, say=say,
-                         registered=registered)
+                         registered=registered, confirm=confirm, refuse=seen)
 
     if batch is None:
         with console.status("provisioning") as status:
-            results = batchmod.run(rows, lambda r: one(r, lambda m: status.update(f"{r.port}: {m}")))
+            live.append(status)
+            results = batchmod.run(rows, lambda r, seen: one(r, seen, lambda m: status.update(f"{r.port}: {m}")))
         res = results[0]
         if res.outcome is None:
-            raise fail(f"{res.error}", 1)
+            raise fail(f"{res.error}", res.exit_code)
         _report_one(res.outcome, selftest)
     else:
-        results = _run_batch(rows, one, parallel)
+        results = _run_batch(rows, one, parallel, next_node, live)
     if any(r.outcome is not None and r.outcome.new_secret for r in results):
-        _refresh_broker(broker_dir, reg)  # the broker must learn the new secrets
+        _refresh_broker(cfg, reg)  # the broker must learn the new secrets
     if not all(r.ok or (not selftest and r.outcome is not None) for r in results):
         raise typer.Exit(1)
 
@@ -200,6 +246,8 @@ def _report_one(out, selftest: bool) -> None:  # type: ignore[no-untyped-def]
     ident = "new identity" if out.new_identity else "kept its identity"
     console.print(f"Node [bold]{out.device_id}[/] {ident}; uploaded {len(out.uploaded)} files, "
                   f"{len(out.unchanged)} unchanged, removed {len(out.removed)} stale.")
+    for change in out.changes:
+        console.print(f"  changed: {escape(change)}")
     for note in out.notes:
         console.print(f"  note: {escape(note)}")
     if not selftest:
@@ -214,20 +262,21 @@ def _report_one(out, selftest: bool) -> None:  # type: ignore[no-untyped-def]
                       "fix it and re-run the same command (the node keeps its id).")
 
 
-def _run_batch(rows, one, parallel: bool):  # type: ignore[no-untyped-def]
+def _run_batch(rows, one, parallel: bool, next_node, live: list):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kerbside.provisioning import batch as batchmod
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
+        live.append(progress)
         task = progress.add_task("provisioning", total=len(rows))
 
         def say_for(row: batchmod.Row) -> Callable[[str], None]:
             return lambda m: progress.update(task, description=f"{row.port}: {m}"[:70])
 
-        results = batchmod.run(rows, lambda r: one(r, say_for(r)), on_done=lambda _r: progress.advance(task),
-                               parallel=parallel)
+        results = batchmod.run(rows, lambda r, seen: one(r, seen, say_for(r)), on_done=lambda _r: progress.advance(task),
+                               parallel=parallel, next_node=next_node)
     t = Table(title="Batch summary", title_justify="left")
     for col in ("line", "port", "site", "device", "result", "detail"):
         t.add_column(col, overflow="fold")
@@ -239,10 +288,11 @@ def _run_batch(rows, one, parallel: bool):  # type: ignore[no-untyped-def]
             failed = r.outcome.selftest.failed if r.outcome.selftest else []
             verdict = "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
             detail = escape(", ".join(f"{c.name}: {c.detail}" for c in failed))
-        t.add_row(str(r.row.line), escape(r.row.port), escape(r.row.spec.site), dev, verdict, detail)
+        t.add_row(str(r.row.line), escape(r.row.port), escape(r.row.spec.site or ""), dev, verdict, detail)
     console.print(t)
     ok = sum(r.ok for r in results)
-    console.print(f"{ok} of {len(results)} nodes passed." + ("" if ok == len(results) else
+    ids = {r.outcome.device_id for r in results if r.outcome is not None}
+    console.print(f"{ok} of {len(results)} nodes passed ({len(ids)} distinct boards)." + ("" if ok == len(results) else
                   " Fix the failed ones and re-run the batch: passed nodes keep their ids and are only re-checked."))
     return results
 
@@ -309,7 +359,7 @@ def registry_decommission(
     reg = _registry(cfg)
     d = decommission(reg, device_id, reason)
     console.print(f"{d.id} ({escape(d.site)}) decommissioned.")
-    _refresh_broker(_broker_dir(cfg), reg)
+    _refresh_broker(cfg, reg)
 
 
 @registry_app.command("rotate")
@@ -329,50 +379,67 @@ def registry_rotate(
     cfg = options.load(config, registry__path=registry, broker__dir=broker_dir)
     reg = _registry(cfg)
     d, _secret = rotate(reg, device_id)
-    console.print(f"{d.id} now on credential {d.credential}. Next: plug it in and run "
-                  f"[bold]kerbside provision --kit {d.kit} --site \"{escape(d.site)}\"[/] to give it the new secret.")
-    _refresh_broker(_broker_dir(cfg), reg)
+    console.print(f"{d.id} now on credential {d.credential}. Next: plug it in and run [bold]kerbside provision[/] to "
+                  "give it the new secret (it keeps its id, kit, site, zone and location).")
+    _refresh_broker(cfg, reg)
 
 
 # --- broker-config -----------------------------------------------------------------------------------
 
 
+def _findings_table(title: str, findings) -> Table:  # type: ignore[no-untyped-def]
+    t = Table(title=title, title_justify="left")
+    for col in ("", "what", "detail"):
+        t.add_column(col, overflow="fold")
+    marks = {"ok": "[green]OK[/]", "warn": "[yellow]WARN[/]", "error": "[red]ERROR[/]"}
+    for f in findings:
+        t.add_row(marks[f.level], escape(f.subject), escape(f.detail))
+    return t
+
+
 def broker_config_cmd(
     host: Annotated[list[str] | None, typer.Option("--host", help="Name or IP nodes dial; repeat for several. Goes into "
                                                    "the broker's TLS certificate (broker.hosts).", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Directory to write config, password file, ACL and "
+    out: Annotated[Path | None, typer.Option("--out", help="Directory to write config, password files, ACLs and "
                                              "certificates to (broker.dir; default ./broker).", show_default=False)] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Mosquitto persistence directory (broker.state_dir).",
                                                    show_default=False)] = None,
     tls_port: Annotated[int | None, typer.Option(help="TLS listener for nodes (broker.tls_port).", show_default=False)] = None,
-    plain_port: Annotated[int | None, typer.Option(help="Loopback-only listener for the collector on the same host "
+    plain_port: Annotated[int | None, typer.Option(help="Internal listener for collectors and the operator "
                                                    "(broker.plain_port).", show_default=False)] = None,
     fleet_size: Annotated[int | None, typer.Option(help="Nodes to size queues for (broker.fleet_size; default: active "
                                                    "nodes in the registry; give the planned size before a roll-out).",
                                                    show_default=False)] = None,
     ca_cert: Annotated[Path | None, typer.Option(help="The city's CA certificate, instead of a kerbside CA "
                                                  "(broker.ca_cert).", show_default=False)] = None,
-    ca_key: Annotated[Path | None, typer.Option(help="The city's CA key, to issue the broker certificate from "
-                                                "(broker.ca_key).", show_default=False)] = None,
-    server_cert: Annotated[Path | None, typer.Option(help="A broker certificate the city issued, with --server-key and "
-                                                     "--ca-cert (broker.server_cert).", show_default=False)] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="The CA's private key, wherever you keep it offline: needed to issue "
+                                                "or renew the broker certificate (broker.ca_key).", show_default=False)] = None,
+    server_cert: Annotated[Path | None, typer.Option(help="A broker certificate the city issued, with --server-key "
+                                                     "(broker.server_cert).", show_default=False)] = None,
     server_key: Annotated[Path | None, typer.Option(help="Its private key (broker.server_key).", show_default=False)] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="After writing: check that mosquitto can read every file and "
+                                        "accepts the config, reload it (SIGHUP to broker.pid_file) and confirm the "
+                                        "collector is connected again.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Write nothing: report certificate expiry, CA/certificate "
+                                        "mismatch, files mosquitto cannot read, and try the config. Exit 1 when "
+                                        "something needs doing.")] = False,
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Render the Mosquitto configuration from the registry: TLS, per-node passwords, ACL, queue limits.
+    """Render the Mosquitto configuration from the registry: TLS, accounts, ACLs, queue and size limits.
 
-    Re-run after every provision, decommission or rotation, then reload mosquitto
-    (SIGHUP). The CA, server key and collector secret are kept across runs. The
-    broker's in-flight window and session expiry follow the [mqtt] settings of the
-    collector, so give it the collector's settings file.
+    Re-run after every provision, decommission or rotation, with --apply to check, reload and confirm.
+    The CA is never replaced; the broker certificate is renewed from it before it expires (pass --ca-key
+    when the CA key is kept offline); the accounts' secrets are kept. The broker's in-flight window and
+    session expiry follow the [mqtt] settings of the collector, so give it the collector's settings file.
 
     Example:
 
-      kerbside broker-config --host mqtt.city.example --out /etc/mosquitto/kerbside
+      kerbside broker-config -c /etc/kerbside/collector.toml --host mqtt.city.example --out /etc/mosquitto/kerbside --apply
     """
     from kerbside.core.errors import ConfigError
     from kerbside.provisioning import broker
+    from kerbside.provisioning import broker_apply as ba
     from kerbside.provisioning.broker_dir import BrokerDir, write_all
 
     cfg = options.load(config, broker__hosts=host, broker__dir=out, broker__state_dir=state_dir, broker__tls_port=tls_port,
@@ -380,35 +447,63 @@ def broker_config_cmd(
                        broker__ca_key=ca_key, broker__server_cert=server_cert, broker__server_key=server_key,
                        registry__path=registry)
     b = cfg.broker
+    d = BrokerDir(Path(b.dir or "broker"))
+    if check:
+        if not d.conf.exists():
+            raise fail(f"no broker configuration in {d.root}: run broker-config without --check first", 1)
+        findings = ba.check_certs(d, b.hosts) + ba.check_access(d, b) + ba.trial_run(d, b)
+        console.print(_findings_table(f"Broker in {d.root}", findings))
+        if any(f.level != "ok" for f in findings):
+            raise typer.Exit(1)
+        return
     if not b.hosts:
         raise fail("pass --host with the name nodes use to reach the broker (e.g. --host mqtt.city.example); "
                    "it must match [node] broker_host in the depot's settings")
-    out = Path(b.dir or "broker")
-    fleet = b.fleet_size or None
-    d = BrokerDir(out)
     devices = _registry(cfg).load()
-    tls = {"city_ca": b.ca_cert, "city_ca_key": b.ca_key, "server_cert": b.server_cert, "server_key": b.server_key}
     try:
-        done = write_all(d, devices, b.hosts, Path(b.state_dir), tls_port=b.tls_port, plain_port=b.plain_port,
-                         fleet_size=fleet, mqtt=cfg.mqtt, **{k: Path(v) if v else None for k, v in tls.items()})
+        tls = write_all(d, devices, b, cfg.mqtt)
     except OSError as e:  # a certificate or key named in the settings is missing, or --out is not writable
         raise ConfigError(str(e)) from e
     active = sum(dev.active for dev in devices.values())
-    t = Table(title=f"Broker config in {out}", title_justify="left")
-    t.add_column("file")
-    t.add_column("mode")
-    t.add_column("what")
+    accounts = broker.Accounts.from_settings(b)
+    t = Table(title=f"Broker config in {d.root}", title_justify="left")
+    for col in ("file", "owner", "mode", "what"):
+        t.add_column(col)
     f = d.files
-    for path, what in ((d.conf, "mosquitto.conf: include it or point mosquitto -c at it"),
-                       (f.password_file, f"{active} active nodes + collector"), (f.acl_file, "per-node topic rules"),
+    for path, what in ((d.conf, "mosquitto.conf: point mosquitto -c at it"),
+                       (f.password_file, f"{active} active nodes"), (f.acl_file, "each node: its own topics"),
+                       (f.internal_password_file, ", ".join(accounts.all)),
+                       (f.internal_acl_file, "collectors read, the operator commands"),
                        (f.cafile, "CA: nodes get this as /ca.pem"), (f.certfile, "broker certificate"),
-                       (f.keyfile, "broker key"), (d.collector_secret, "collector's MQTT password"),
+                       (f.keyfile, "broker key"),
+                       *((d.secret_file(a), "collector's mqtt.password" if a in accounts.ingest else "operator's password")
+                         for a in accounts.all),
                        *(((d.ca_key, "CA private key: move it offline"),) if d.ca_key.exists() else ())):
-        t.add_row(str(path), f"{path.stat().st_mode & 0o777:04o}", what)
+        st = path.stat()
+        t.add_row(str(path), ba.describe(st).split()[0], f"{st.st_mode & 0o777:04o}", what)
     console.print(t)
-    console.print(f"{escape(done)}. Queue limit {broker.queue_limit(fleet if fleet is not None else active)} messages.")
-    console.print(f"Mosquitto runs as user mosquitto: `chown mosquitto {f.password_file} {f.keyfile}` if you rendered as "
-                  f"another user. Then {broker.RELOAD_HINT}.")
+    n = b.fleet_size or active
+    console.print(f"{escape(str(tls))}. Queue limit {broker.queue_limit(n)} messages, "
+                  f"{broker.queue_bytes(broker.queue_limit(n)) // 2**20} MiB; packets up to {broker.MAX_PACKET} bytes.")
+    for w in tls.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    for name in accounts.ingest:
+        console.print(f"Collector settings: mqtt.username = mqtt.client_id = {name} (the broker makes the client id the "
+                      f"user name), mqtt.password from {d.secret_file(name).name}.")
+    if not apply:
+        console.print(f"Mosquitto runs as {b.system_user} and must read passwd, passwd.internal and server.key: files "
+                      f"replaced here kept their owner and mode. Then {broker.RELOAD_HINT}.")
+        return
+    findings = ba.check_certs(d, b.hosts) + ba.check_access(d, b) + ba.trial_run(d, b)
+    if any(x.level == "error" for x in findings):
+        console.print(_findings_table("Checks before the reload", findings))
+        raise fail("not reloaded: the running broker keeps its previous files in memory until it is reloaded or "
+                   "restarted, so fix the errors above and run broker-config --apply again", 1)
+    pid = ba.reload(Path(b.pid_file))
+    after = [ba.confirm_operator(d, b), ba.confirm_collector(cfg.http)]
+    console.print(_findings_table(f"Reloaded mosquitto (pid {pid})", findings + after))
+    if any(x.level == "error" for x in after):
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

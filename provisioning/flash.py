@@ -2,14 +2,19 @@
 
 The esptool API's messages are written for firmware developers ("Failed to
 connect to ESP32: No serial data received"); a technician on a ladder needs
-to know which button to hold. So every failure is translated here into what
-to do next, and a flaky USB link is retried at a lower baud rate by itself.
+to know which button to hold, or that the port is not a node at all. So
+every failure is translated here into what to do next, a flaky USB link is
+retried at a lower baud rate by itself, and esptool's own notes and warnings
+("Chip was NOT reset", "Failed to get VID/PID") stay off the technician's
+terminal unless they ask for them (--verbose).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,6 +34,9 @@ BOOTLOADER_HINT = (
     "the chip did not enter its bootloader. Hold the BOOT (IO0) button, tap EN (RST), release BOOT, then run "
     "the command again. If it still fails: try another USB cable or port, and close any serial monitor."
 )
+ESP_BRIDGES = {0x303A: "Espressif native USB", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH340/CH9102",
+               0x0403: "FTDI"}
+"""USB vendors of the serial bridges ESP32 boards carry: a port of another vendor is no node."""
 LINK_ERRORS = ("Serial data stream stopped", "Invalid head of packet", "Timed out", "corrupt", "checksum",
                "Packet content transfer stopped", "MD5 of file does not match")
 
@@ -74,6 +82,88 @@ def _explain(e: Exception, port: str) -> FlashError:
     return FlashError(f"{port}: esptool: {text.splitlines()[0] if text else type(e).__name__}")
 
 
+def describe_port(port: str) -> str:
+    """What the port is, from USB, when pyserial can tell: "a CP2102 (USB 10c4:ea60, ...)"."""
+    from serial.tools import list_ports
+
+    for p in list_ports.comports():
+        if p.device == port and p.vid is not None:
+            kind = ESP_BRIDGES.get(p.vid)
+            what = f"a USB-serial bridge ESP32 boards use ({kind})" if kind else "not a USB-serial bridge ESP32 boards use"
+            return f"{p.description or p.device} (USB {p.vid:04x}:{p.pid or 0:04x}, {what})"
+    return ""
+
+
+def _not_an_esp32(e: Exception, port: str) -> FlashError:
+    """detect_chip failed: nothing answered, or something that is not an ESP32's bootloader did."""
+    text = str(e)
+    if "could not open port" in text:
+        return FlashError(explain_open_error(port, e))
+    what = describe_port(port)
+    if "No serial data received" in text or "Wrong boot mode" in text:
+        return FlashError(f"{port}: no ESP32 bootloader answered{f' on {what}' if what else ''}. If this is the node, "
+                          f"{BOOTLOADER_HINT} If it is not, pick the node's port with --port.")
+    return FlashError(f"{port} answered, but not as an ESP32's bootloader does{f': it is {what}' if what else ''}. This is "
+                      "not an ESP32 node (kerbside nodes are ESP32, ESP32-S2 or ESP32-S3 boards): pick the node's port "
+                      f"with --port. If it is one, {BOOTLOADER_HINT} (esptool: {text.splitlines()[0] if text else e!r})")
+
+
+@dataclass
+class _Quiet:
+    """esptool's logger while a technician flashes: what it says is kept here, off the terminal."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        self.lines.append(" ".join(str(a) for a in args))
+
+    def note(self, message: str, *a: Any, **k: Any) -> None:
+        self.lines.append(f"Note: {message}")
+
+    def warning(self, message: str, *a: Any, **k: Any) -> None:
+        self.lines.append(f"Warning: {message}")
+
+    def error(self, message: str, *a: Any, **k: Any) -> None:
+        self.lines.append(f"Error: {message}")
+
+    def stage(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def progress_bar(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def set_verbosity(self, *a: Any, **k: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def quiet_esptool(verbose: bool) -> Iterator[_Quiet]:
+    """Route esptool's output into a list (unless verbose), and silence Python warnings it triggers."""
+    kept = _Quiet()
+    if verbose:
+        yield kept
+        return
+    from esp_pylib.logger import EspLog
+    from esptool.logger import TemplateLogger, log
+
+    quiet = type("QuietEsptool", (_Quiet, TemplateLogger), {})()
+    quiet.lines = kept.lines
+    before = EspLog.instance
+    # Some esptool modules bound the default logger's warn/note at import (PrintOnce(log.warn)): silence it too.
+    verbosity = getattr(before, "_verbosity", None)
+    if before is not None and verbosity is not None:
+        before._verbosity = 0  # Verbosity.SILENT
+    log.set_logger(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield kept
+    finally:
+        EspLog.instance = before
+        if before is not None and verbosity is not None:
+            before._verbosity = verbosity
+
+
 def _is_link_error(e: Exception) -> bool:
     """Data corrupted on an established link (worth a slower retry), not a chip that never answered."""
     text = str(e)
@@ -83,8 +173,13 @@ def _is_link_error(e: Exception) -> bool:
 
 
 def flash(port: str, image: Path, baud: int = 460800, erase: bool = True, api: ModuleType | Any = None,
-          say: Callable[[str], None] = lambda _m: None) -> Flashed:
+          say: Callable[[str], None] = lambda _m: None, verbose: bool = False) -> Flashed:
     """Detect, check the chip, erase, write (esptool verifies every block) and reset; retry lower bauds on link errors."""
+    with quiet_esptool(verbose):
+        return _flash(port, image, baud, erase, api, say)
+
+
+def _flash(port: str, image: Path, baud: int, erase: bool, api: ModuleType | Any, say: Callable[[str], None]) -> Flashed:
     if api is None:
         from esptool import cmds
 
@@ -100,8 +195,13 @@ def flash(port: str, image: Path, baud: int = 460800, erase: bool = True, api: M
         esp = None
         try:
             say(f"connecting to {port}")
-            esp = api.detect_chip(port=port, baud=ROM_BAUD)
+            try:
+                esp = api.detect_chip(port=port, baud=ROM_BAUD)
+            except (FatalError, SerialException, OSError) as e:
+                raise _not_an_esp32(e, port) from e  # detection runs at the ROM's baud: no slower retry helps
             chip = esp.CHIP_NAME
+            if chip not in OFFSETS:
+                raise FlashError(f"{port}: this is an {chip}, not an ESP32: kerbside nodes are {', '.join(OFFSETS)} boards")
             if chip != image_chip:
                 raise FlashError(f"this node is an {chip} but {image.name} is built for {image_chip}: download the "
                                  f"{chip.replace('-', '')} image, or check you picked the right node")

@@ -11,12 +11,13 @@ holds Wi-Fi keys; the node secret never goes into it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kerbside.core.contract import KITS
 from kerbside.core.errors import ConfigError
+from kerbside.core.registry import Device
 from kerbside.core.settings import NodeConfig
 
 CONFIG_PATH = "/config.json"
@@ -73,18 +74,18 @@ class Profile:
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """What differs per node."""
+    """What differs per node. None is "not given": a re-provisioned node keeps what the registry says."""
 
-    kit: str
-    site: str
-    zone: str = ""
+    kit: str | None = None
+    site: str | None = None
+    zone: str | None = None
     lat: float | None = None
     lon: float | None = None
 
     def check(self) -> NodeSpec:
-        if self.kit not in KITS:
+        if self.kit is not None and self.kit not in KITS:
             raise ConfigError(f"kit must be one of {', '.join(KITS)}, not {self.kit!r}")
-        if not self.site.strip():
+        if self.site is not None and not self.site.strip():
             raise ConfigError("site must not be empty: it is how analysts find this node's data")
         if (self.lat is None) != (self.lon is None):
             raise ConfigError("give both --lat and --lon, or neither")
@@ -93,6 +94,49 @@ class NodeSpec:
         if self.lon is not None and not -180 <= self.lon <= 180:
             raise ConfigError(f"longitude {self.lon} is not within -180..180")
         return self
+
+    def for_new_node(self) -> NodeSpec:
+        """A node the registry does not know yet: kit and site are needed, the rest may stay empty."""
+        if self.kit is None or self.site is None:
+            raise ConfigError("this board is a new node (no identity the registry knows): pass --kit and --site")
+        return replace(self, zone=self.zone or "")
+
+    def over(self, dev: Device) -> NodeSpec:
+        """This spec on top of what the registry holds for the node: a field not given keeps its value."""
+        located = self.lat is not None
+        return NodeSpec(kit=self.kit if self.kit is not None else dev.kit, site=self.site if self.site is not None else dev.site,
+                        zone=self.zone if self.zone is not None else dev.zone, lat=self.lat if located else dev.lat,
+                        lon=self.lon if located else dev.lon)
+
+
+REGISTRY_FIELDS = ("kit", "site", "zone", "lat", "lon")
+
+
+def registry_changes(dev: Device, spec: NodeSpec) -> list[str]:
+    """What re-provisioning would change in the node's registry entry, for the technician to confirm."""
+    return [f"{k}: {getattr(dev, k)!r} -> {getattr(spec, k)!r}" for k in REGISTRY_FIELDS if getattr(dev, k) != getattr(spec, k)]
+
+
+def config_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What changes in the node's /config.json (never a key: a changed one is only named)."""
+    if old is None:
+        return []
+    out = []
+    for key in ("site", "zone", "kit", "ntp", "period", "sample", "status_every"):
+        if old.get(key) != new.get(key):
+            out.append(f"node {key}: {old.get(key)!r} -> {new.get(key)!r}")
+    om, nm = old.get("mqtt") or {}, new["mqtt"]
+    for key in ("host", "port", "tls", "keepalive"):
+        if om.get(key) != nm.get(key):
+            out.append(f"node broker {key}: {om.get(key)!r} -> {nm.get(key)!r}")
+    ow = [w.get("ssid") for w in old.get("wifi") or [] if isinstance(w, dict)]
+    nw = [w["ssid"] for w in new["wifi"]]
+    if ow != nw:
+        out.append(f"node Wi-Fi networks: {', '.join(map(str, ow)) or 'none'} -> {', '.join(nw)}")
+    else:
+        keys = {w.get("ssid"): w.get("psk") for w in old.get("wifi") or [] if isinstance(w, dict)}
+        out += [f"node Wi-Fi key for {w['ssid']!r} changes" for w in new["wifi"] if keys.get(w["ssid"]) != w["psk"]]
+    return out
 
 
 def build(device_id: str, password: str, credential: int, spec: NodeSpec, profile: Profile, cfg: int,

@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -24,6 +25,10 @@ from kerbside.core.errors import ConfigError
 CA_DAYS = 20 * 365
 """Nodes outlive ordinary certificate lifetimes; replacing /ca.pem means visiting every node."""
 SERVER_DAYS = 825
+RENEW_DAYS = 30
+"""broker-config renews the broker certificate this long before it expires (when it has the CA key)."""
+CA_WARN_DAYS = 365
+"""A CA that expires means re-provisioning every node: `broker-config --check` warns a year ahead."""
 
 
 class PkiError(ConfigError):
@@ -119,3 +124,55 @@ def check_ca_pem(pem: bytes) -> x509.Certificate:
     if bc is None or not bc.ca:
         raise PkiError("this certificate is not a CA certificate (basicConstraints CA:TRUE missing)")
     return cert
+
+
+def load_cert(pem: bytes, what: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError as e:
+        raise PkiError(f"{what} is not a PEM certificate: {e}") from e
+
+
+def load_key(pem: bytes, what: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise PkiError(f"{what} is not an unencrypted PEM private key: {e}") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise PkiError(f"{what} must be an EC or RSA private key")
+    return key
+
+
+def _public(obj: x509.Certificate | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return obj.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_matches(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bool:
+    return _public(cert) == _public(key)
+
+
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether `ca` signed `cert`: what a node checks with the /ca.pem it carries."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def sans(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in san.get_values_for_type(x509.IPAddress)}
+
+
+def days_left(cert: x509.Certificate, now: dt.datetime | None = None) -> float:
+    return (cert.not_valid_after_utc - (now or _now())).total_seconds() / 86400
+
+
+def same_cert(a: bytes, b: bytes) -> bool:
+    """The same certificate, whatever the PEM's line endings or comments."""
+    return load_cert(a, "certificate").fingerprint(hashes.SHA256()) == load_cert(b, "certificate").fingerprint(hashes.SHA256())

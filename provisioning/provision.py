@@ -2,14 +2,19 @@
 
 Idempotent by design: the node's own /config.json is the memory of what it
 is, so re-running on a provisioned node keeps its id (and its secret, if the
-registry still accepts it) and only uploads files whose hash differs. The
-registry entry is written before the node's config, and removed again if the
-config never reached the node, so an interrupted run leaves no orphan.
+registry still accepts it) and only uploads files whose hash differs. What the
+registry says about the node (kit, site, zone, location) is kept unless a flag
+changes it, and a change is shown for confirmation before anything is
+written. The registry entry is written before the node's config, and removed
+again if the config never reached the node, so an interrupted run leaves no
+orphan. The board is restarted before its self-test, so the firmware just
+installed is the one tested, and no secret leaves in any message, whatever
+its characters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +37,14 @@ class ProvisionError(ProvisioningError, RuntimeError):
     pass
 
 
+class SameBoardError(ProvisionError):
+    """The board on the port was already provisioned in this batch: the technician has not plugged in the next one."""
+
+
+class NotConfirmed(ProvisionError):
+    """The technician did not confirm the changes shown: nothing was written."""
+
+
 @dataclass
 class Outcome:
     port: str
@@ -43,6 +56,10 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     selftest: selftest.SelfTest | None = None
     notes: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    """What changed in the registry entry and the node's config of a node that kept its identity."""
+    board: list[str] = field(default_factory=list)
+    """What tells this board apart (its device id, its chip's unique id when it has one): a batch refuses it twice."""
 
     @property
     def ok(self) -> bool:
@@ -58,9 +75,19 @@ class _Identity:
     rotated: bool
 
 
+def _kept(registry: Registry, existing: dict[str, Any] | None, new_identity: bool) -> Device | None:
+    """The registry entry the node keeps, or None when it gets a new identity."""
+    old_id = existing.get("device") if existing else None
+    dev = registry.get(old_id) if isinstance(old_id, str) else None
+    return dev if dev is not None and dev.status == ACTIVE and not new_identity else None
+
+
 def _resolve_identity(registry: Registry, existing: dict[str, Any] | None, spec: node_config.NodeSpec,
                       new_identity: bool, notes: list[str]) -> _Identity:
-    """Keep the node's id and secret when the registry still vouches for them; otherwise issue new ones."""
+    """Keep the node's id and secret when the registry still vouches for them; otherwise issue new ones.
+
+    `spec` is complete here: merged over the registry entry for a node that keeps its identity.
+    """
     old_id = existing.get("device") if existing else None
     old_pw = (existing.get("mqtt") or {}).get("password") if existing else None
     with registry.edit() as devices:
@@ -77,7 +104,7 @@ def _resolve_identity(registry: Registry, existing: dict[str, Any] | None, spec:
                 dev.password_hash = hash_password(ident.password)
                 ident.rotated = True
                 notes.append("the node's secret was not the registry's (rotated?): issued a new one")
-            dev.kit, dev.site, dev.zone, dev.lat, dev.lon = spec.kit, spec.site, spec.zone, spec.lat, spec.lon
+            dev.kit, dev.site, dev.zone, dev.lat, dev.lon = spec.kit, spec.site, spec.zone, spec.lat, spec.lon  # type: ignore[assignment]
             dev.updated = now_iso()
             return ident
         if dev is not None and dev.status == ACTIVE and new_identity:
@@ -91,8 +118,8 @@ def _resolve_identity(registry: Registry, existing: dict[str, Any] | None, spec:
         device_id = new_device_id(devices)
         password = new_secret()
         now = now_iso()
-        devices[device_id] = Device(id=device_id, kit=spec.kit, site=spec.site, zone=spec.zone, lat=spec.lat, lon=spec.lon,
-                                    status=ACTIVE, created=now, updated=now, credential=1,
+        devices[device_id] = Device(id=device_id, kit=str(spec.kit), site=str(spec.site), zone=spec.zone or "", lat=spec.lat,
+                                    lon=spec.lon, status=ACTIVE, created=now, updated=now, credential=1,
                                     password_hash=hash_password(password))
         return _Identity(device_id, password, 1, created=True, rotated=True)
 
@@ -121,24 +148,73 @@ def sync_files(repl: RawRepl, files: list[DeviceFile], out: Outcome, say: Progre
                 out.removed.append(path)
 
 
+UNIQUE_ID = ("try:\n    import machine, binascii\n    print(binascii.hexlify(machine.unique_id()).decode())\n"
+             "except Exception:\n    print('-')\n")
+"""The chip's own id (its MAC on an ESP32): tells boards apart even before they carry a config."""
+
+
+def board_identity(repl: RawRepl, existing: dict[str, Any] | None) -> list[str]:
+    out = []
+    if existing and isinstance(existing.get("device"), str):
+        out.append(f"device {existing['device']}")
+    chip = repl.exec(UNIQUE_ID).strip()
+    if chip and chip != "-":
+        out.append(f"chip {chip}")
+    return out
+
+
 def provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profile, registry: Registry,
               firmware: list[DeviceFile], *, new_identity: bool = False, run_selftest: bool = True,
               connect: Callable[[str], RawRepl] = RawRepl, say: Progress = lambda _m: None,
-              registered: Callable[[], None] = lambda: None) -> Outcome:
+              registered: Callable[[], None] = lambda: None, confirm: Callable[[list[str]], bool] = lambda _c: True,
+              refuse: Mapping[str, str] = {}) -> Outcome:
     """Provision the board on `port` and return what happened; errors that stop this node raise.
 
-    `registered` runs once the registry and the node agree and before the
-    self-test: the CLI re-renders the broker's password file there, so that a
+    `confirm` sees the changes to a known node's registry entry and config and may refuse them (nothing is
+    written then). `refuse` maps board identities (Outcome.board) to where they were provisioned already, in
+    this batch: such a board is refused before anything is written. `registered` runs once the registry and
+    the node agree and before the self-test: the CLI re-renders the broker's password file there, so that a
     new node's broker check can pass on its first run.
     """
     spec.check()
     profile.check()
+    hide = [w["psk"] for w in profile.wifi]
+    try:
+        return _provision(port, spec, profile, registry, firmware, new_identity, run_selftest, connect, say, registered,
+                          confirm, refuse, hide)
+    except Exception as e:
+        # Whatever stopped us (a device traceback, a transfer error, a bug), its message names no secret.
+        clean = [selftest.redact(str(a), hide) if isinstance(a, str) else a for a in e.args]
+        if clean != list(e.args):
+            e.args = tuple(clean)
+        raise
+
+
+def _provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profile, registry: Registry,
+               firmware: list[DeviceFile], new_identity: bool, run_selftest: bool, connect: Callable[[str], RawRepl],
+               say: Progress, registered: Callable[[], None], confirm: Callable[[list[str]], bool],
+               refuse: Mapping[str, str], hide: list[str]) -> Outcome:
     out = Outcome(port)
     say("connecting to the board")
-    hide = [w["psk"] for w in profile.wifi]
     with connect(port) as repl:
         existing = node_config.parse_existing(repl.read_file(node_config.CONFIG_PATH))
-        ident = _resolve_identity(registry, existing, spec, new_identity, out.notes)
+        if existing and isinstance((existing.get("mqtt") or {}).get("password"), str):
+            hide.append(existing["mqtt"]["password"])
+        out.board = board_identity(repl, existing)
+        seen = [refuse[b] for b in out.board if b in refuse]
+        if seen:
+            raise SameBoardError(f"this is the board already provisioned as {seen[0]} ({', '.join(out.board)}): plug in "
+                                 "the next node")
+        kept = _kept(registry, existing, new_identity)
+        full = spec.over(kept) if kept is not None else spec.for_new_node()
+        if kept is not None:
+            preview = node_config.build(kept.id, "", kept.credential, full, profile, 0, None)
+            out.changes = node_config.registry_changes(kept, full) + node_config.config_changes(existing, preview)
+            if out.changes and not confirm(out.changes):
+                raise NotConfirmed(f"{kept.id}: changes not confirmed, nothing written (re-run without the flags that "
+                                   "change them, or confirm)")
+        ident = _resolve_identity(registry, existing, full, new_identity, out.notes)
+        hide.append(ident.password)
         out.device_id, out.new_identity, out.new_secret = ident.device_id, ident.created, ident.rotated
         config_written = False
         try:
@@ -146,7 +222,7 @@ def provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profil
             if profile.ca is not None:
                 sync_files(repl, [DeviceFile(node_config.CA_PATH, profile.ca.read_bytes())], out, say)
             cal = existing.get("cal") if existing and isinstance(existing.get("cal"), dict) else None
-            config = node_config.build(ident.device_id, ident.password, ident.credential, spec, profile, 0, cal)
+            config = node_config.build(ident.device_id, ident.password, ident.credential, full, profile, 0, cal)
             config["cfg"] = node_config.next_cfg(existing if existing and existing.get("device") == ident.device_id else None,
                                                  config)
             say("writing /config.json")
@@ -161,13 +237,15 @@ def provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profil
             if ident.created and not config_written:
                 _forget(registry, ident.device_id)
             raise
+        out.board = sorted({*out.board, f"device {ident.device_id}"})
         registered()
         if run_selftest:
+            say("restarting the board, so the self-test runs the firmware just installed")
+            repl.soft_reset()
             say("running the self-test (Wi-Fi, broker, first reading)")
             try:
                 text = repl.exec(selftest.RUN, timeout=SELFTEST_TIMEOUT)
             except DeviceException as e:
-                raise selftest.SelfTestError("the self-test crashed on the node:\n"
-                                             + selftest.redact(str(e), [ident.password, *hide])) from None
-            out.selftest = selftest.parse(selftest.redact(text, [ident.password, *hide]))
+                raise selftest.SelfTestError("the self-test crashed on the node:\n" + selftest.redact(str(e), hide)) from None
+            out.selftest = selftest.parse(selftest.redact(text, hide))
     return out

@@ -152,6 +152,19 @@ class RawRepl:
                     ) from None
         self.exec(_PRELUDE)
 
+    def soft_reset(self, timeout: float | None = None) -> None:
+        """Restart MicroPython in place (Ctrl-D at the raw prompt), as the board does after a reset.
+
+        Whatever main.py or an earlier command imported is forgotten, so the next import loads the files on
+        flash now, not the modules of the firmware that ran before. boot.py runs again, main.py does not
+        (raw REPL mode survives the reset); the helpers are sent again.
+        """
+        wait = self.timeout if timeout is None else timeout
+        self._serial.write(b"\x04")
+        self._read_until(b"soft reboot\r\n", wait, "the board to restart (soft reset)")
+        self._read_until(BANNER, wait, "the raw REPL prompt after the soft reset")
+        self.exec(_PRELUDE)
+
     def exec(self, code: str, timeout: float | None = None) -> str:
         """Run code on the board and return what it printed; raise DeviceException on an exception."""
         try:

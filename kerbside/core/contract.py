@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from knode import wire
+from knode import mqtt, wire
 
 VERSION = wire.VERSION
 PREFIX = wire.PREFIX
@@ -27,6 +27,8 @@ DEVICE_RE = re.compile(r"^[0-9a-f]{8}$")
 
 MAX_PAYLOAD = wire.MAX_PAYLOAD
 """Bytes. A full batch of 240 traffic readings stays under half of this."""
+MAX_TO_NODE = mqtt.MAX_INCOMING
+"""Bytes: the largest MQTT packet (remaining length) a node accepts, so the largest command (an OTA chunk) there is."""
 MAX_READINGS = wire.MAX_READINGS
 MAX_FUTURE_S = 300
 """Node clocks drift; five minutes ahead is tolerated, more means a bad clock."""

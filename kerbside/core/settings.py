@@ -189,7 +189,22 @@ class BrokerConfig:
     """Names or IPs nodes dial; they go into the broker's TLS certificate."""
     state_dir: str = _path("/var/lib/mosquitto")
     tls_port: int = 8883
+    tls_bind: str = "0.0.0.0"
+    """Address of the nodes' TLS listener."""
     plain_port: int = 1883
+    """The internal listener, for collectors and the operator (plain MQTT on loopback, TLS elsewhere)."""
+    internal_bind: str = "127.0.0.1"
+    """Address of the internal listener: loopback when the collector runs on the broker host."""
+    ingest_users: list[str] = field(default_factory=lambda: ["kerbside-collector"])
+    """One account per collector: its mqtt.username and, on this broker, its client id."""
+    operator_user: str = "kerbside-operator"
+    """The account that may send commands to nodes."""
+    system_user: str = "mosquitto"
+    """The user mosquitto runs as: every file it reads must be readable by it."""
+    pid_file: str = _path("/run/mosquitto/mosquitto.pid")
+    """Where mosquitto writes its pid: `broker-config --apply` reloads that process."""
+    log_dest: str = "syslog"
+    """Mosquitto's log_dest: syslog, stderr, or "file /var/log/mosquitto/mosquitto.log"."""
     fleet_size: int = 0
     """Nodes to size the queues for; 0: the active nodes in the registry."""
     ca_cert: str = _path()

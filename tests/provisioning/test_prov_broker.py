@@ -1,8 +1,8 @@
-"""The rendered broker config against the real mosquitto: each node is confined to its own topics."""
+"""The rendered broker config against the real mosquitto (started on the very files broker-config writes):
+each node is confined to its own topics."""
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import subprocess
@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from prov_helpers import WAIT, Refused, add_device, connect
+from prov_helpers import WAIT, Refused, add_device, connect, wait_refused
 
-from kerbside.core.registry import Registry
 from kerbside.provisioning import broker, fleet, pki
-from kerbside.provisioning.broker_dir import BrokerDir, write_all
 from kerbside.provisioning.passwd import hash_password, passwd_line, verify_password
 
 pytestmark = pytest.mark.services  # the real mosquitto
@@ -24,17 +22,6 @@ A, B, C, D = "0a0a0a01", "0a0a0a02", "0a0a0a03", "0a0a0a04"
 
 def topic(device: str, kind: str) -> str:
     return f"kerbside/v1/{device}/{kind}"
-
-
-def wait_refused(port: int, user: str, password: str, ca: Path | None = None) -> None:
-    """After a SIGHUP the broker re-reads its files asynchronously: poll until the credential stops working."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        try:
-            connect(port, user, password, ca).close()
-        except Refused:
-            return
-    raise AssertionError(f"{user} still accepted {WAIT} s after reload")
 
 
 def test_node_publishes_own_readings_over_tls(fleet_broker) -> None:
@@ -69,7 +56,7 @@ def test_node_cannot_publish_as_another_node(fleet_broker) -> None:
 
 
 def test_node_reads_only_its_own_commands(fleet_broker) -> None:
-    col = fleet_broker.collector()
+    op = fleet_broker.operator()
     node = connect(fleet_broker.tls_port, A, fleet_broker.secrets[A], fleet_broker.ca)
     try:
         # Mosquitto 2.0 grants the SUBACK but checks read access on every message it would deliver.
@@ -77,30 +64,37 @@ def test_node_reads_only_its_own_commands(fleet_broker) -> None:
         assert node.subscribe(topic(A, "cmd")) == [1]
         node.subscribe("kerbside/v1/+/cmd")
         node.subscribe("kerbside/v1/#")
-        col.publish(topic(B, "cmd"), b"for B")
-        col.publish(topic(C, "readings"), b"not for A")
-        col.publish(topic(A, "cmd"), b"for A")
+        op.publish(topic(B, "cmd"), b"for B")
+        op.publish(topic(A, "cmd"), b"for A")
         seen = node.wait_for(topic(A, "cmd"))
         assert {t for t, _ in seen} == {topic(A, "cmd")}
     finally:
         node.close()
-        col.close()
+        op.close()
 
 
-def test_collector_may_send_commands_but_not_impersonate_nodes(fleet_broker) -> None:
+def test_collector_reads_and_only_the_operator_commands(fleet_broker) -> None:
+    """The ingest account reads what nodes send and nothing else; commands take the operator's account."""
     col = fleet_broker.collector()
-    watcher = fleet_broker.collector()
-    watcher.subscribe("kerbside/v1/#")
+    op = fleet_broker.operator()
+    node = connect(fleet_broker.tls_port, A, fleet_broker.secrets[A], fleet_broker.ca)
+    node.subscribe(topic(A, "cmd"))
+    watcher = fleet_broker.collector("collector-2")
+    watcher.subscribe("kerbside/v1/+/readings")
     try:
-        col.publish(topic(A, "readings"), b"forged by collector")
-        col.publish(topic(A, "cmd"), b"cmd")
-        assert watcher.wait_for(topic(A, "cmd")) == [(topic(A, "cmd"), b"cmd")]
+        col.publish(topic(A, "cmd"), b"from the collector")
+        col.publish(topic(A, "readings"), b"forged by the collector")
+        op.publish(topic(A, "readings"), b"forged by the operator")
+        op.publish(topic(A, "cmd"), b"from the operator")
+        assert node.wait_for(topic(A, "cmd")) == [(topic(A, "cmd"), b"from the operator")]
+        node.publish(topic(A, "readings"), b"marker")
+        assert watcher.wait_for(topic(A, "readings")) == [(topic(A, "readings"), b"marker")]
     finally:
-        col.close()
-        watcher.close()
+        for c in (col, op, node, watcher):
+            c.close()
 
 
-@pytest.mark.parametrize("user,password", [(A, "wrong"), (A, ""), ("ffffffff", "whatever"), (broker.COLLECTOR_USER, "wrong")])
+@pytest.mark.parametrize("user,password", [(A, "wrong"), (A, ""), ("ffffffff", "whatever"), (broker.INGEST_USER, "wrong")])
 def test_wrong_credentials_refused(fleet_broker, user: str, password: str) -> None:
     with pytest.raises(Refused, match="Not authorized"):
         connect(fleet_broker.tls_port, user, password, fleet_broker.ca)
@@ -172,36 +166,6 @@ def test_mosquitto_passwd_hashes_verify_both_ways(tmp_path: Path) -> None:
     assert verify_password("s3cret-value", theirs)
     assert not verify_password("s3cret-valuE", theirs)
     assert passwd_line("0a0a0a09", hash_password("x")).startswith("0a0a0a09:$7$1000$")
-
-
-def test_full_rendered_config_runs_mosquitto(tmp_path: Path) -> None:
-    """The complete mosquitto.conf `broker-config` writes starts mosquitto and authenticates a node over TLS."""
-    from kerbside.devstack import free_port, require
-
-    registry = Registry(tmp_path / "registry.json")
-    secret = add_device(registry, "0b0b0b01")
-    d = BrokerDir(tmp_path / "broker")
-    tls_port, plain_port = free_port(), free_port()
-    write_all(d, registry.load(), ["127.0.0.1"], tmp_path / "state", tls_port=tls_port, plain_port=plain_port)
-    conf = d.conf.read_text().replace("0.0.0.0", "127.0.0.1").replace("log_dest syslog", f"log_dest file {tmp_path}/m.log")
-    (tmp_path / "state").mkdir()
-    (tmp_path / "test.conf").write_text(("user root\n" if os.geteuid() == 0 else "") + conf)
-    proc = subprocess.Popen([require("mosquitto", "mosquitto"), "-c", str(tmp_path / "test.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                node = connect(tls_port, "0b0b0b01", secret, d.files.cafile)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                assert time.monotonic() < deadline, "mosquitto did not come up with the rendered config"
-                time.sleep(0.05)
-        node.close()
-    finally:
-        proc.terminate()
-        proc.wait(WAIT)
 
 
 def test_connected_node_is_cut_off_by_decommission_and_reload(fleet_broker) -> None:

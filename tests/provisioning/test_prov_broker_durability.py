@@ -14,7 +14,7 @@ from kerbside.provisioning.broker_dir import BrokerDir
 
 ROOT = Path(__file__).resolve().parents[2]
 DURABILITY = ("persistence", "autosave_interval", "autosave_on_changes", "persistent_client_expiration",
-              "max_queued_bytes", "max_inflight_messages", "max_inflight_bytes", "per_listener_settings")
+              "max_inflight_messages", "max_inflight_bytes", "per_listener_settings", "max_packet_size")
 
 
 def directives(conf: str) -> dict[str, list[str]]:
@@ -39,14 +39,17 @@ def test_production_durability_is_what_the_collector_assumes() -> None:
     assert int(d["max_inflight_messages"][0]) >= batch.max_messages
     # the collector's backlog while it is down: sized for the fleet, never by bytes
     assert d["max_queued_messages"] == [str(broker.queue_limit(300))] and broker.queue_limit(300) >= broker.MIN_QUEUE
-    assert d["max_queued_bytes"] == ["0"] and d["max_inflight_bytes"] == ["0"]
+    # ... and by bytes only as much as that many legitimate messages take (a flood of big ones stops there)
+    assert d["max_queued_bytes"] == [str(broker.queue_limit(300) * broker.BYTES_PER_QUEUED)]
+    assert d["max_inflight_bytes"] == ["0"]
     # its persistent session outlives the session expiry it asks for
     (expiry,) = d["persistent_client_expiration"]
     assert expiry.endswith("h") and int(expiry[:-1]) * 3600 >= mqtt.session_expiry_s
     # a crash loses at most AUTOSAVE_S seconds of queued messages: a bounded, documented window
     assert d["autosave_interval"] == [str(broker.AUTOSAVE_S)] and d["autosave_on_changes"] == ["false"]
     assert 0 < broker.AUTOSAVE_S <= 60
-    assert d["allow_anonymous"] == ["false"] and "1883 127.0.0.1" in d["listener"]
+    assert d["allow_anonymous"] == ["false", "false"] and d["listener"] == ["1883 127.0.0.1", "8883 0.0.0.0"]
+    assert d["use_username_as_clientid"] == ["true", "true"] and d["per_listener_settings"] == ["true"]
 
 
 def test_the_broker_follows_the_collectors_settings() -> None:
@@ -58,6 +61,7 @@ def test_the_dev_stack_has_the_production_durability_and_only_dev_additions(tmp_
     conf = Mosquitto("mosquitto", tmp_path, 18830).config()
     dev, prod = directives(conf), production()
     assert {k: dev[k] for k in DURABILITY} == {k: prod[k] for k in DURABILITY}
+    assert dev["max_queued_bytes"] == [str(int(dev["max_queued_messages"][0]) * broker.BYTES_PER_QUEUED)]
     assert dev["persistence_location"] == [f"{tmp_path}/"]
     assert dev["listener"] == ["18830 127.0.0.1"] and dev["allow_anonymous"] == ["true"]
     assert "NOT FOR PRODUCTION" in conf.splitlines()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -114,9 +115,9 @@ def test_batch_rejects_a_malformed_file_before_touching_nodes(depot: Path) -> No
 
 
 @pytest.mark.services
-def test_provision_usage_errors(depot: Path) -> None:
-    r = runner.invoke(app, ["provision", "--port", "/dev/null"])
-    assert r.exit_code == 2 and "pass --kit and --site" in r.output
+def test_provision_usage_errors(board, depot: Path) -> None:
+    r = runner.invoke(app, ["provision", "--port", board.port, "--no-selftest"])  # a new board, and no kit or site
+    assert r.exit_code == 2 and "this board is a new node" in r.output and "pass --kit and --site" in r.output
     r = runner.invoke(app, ["provision", "--port", "/dev/ttyUSB-gone", "--kit", "air", "--site", "x"])
     assert r.exit_code == 1 and "cannot open /dev/ttyUSB-gone: no such port: is the node plugged in" in r.output
     assert Registry(depot / "registry.json").load() == {}
@@ -130,9 +131,17 @@ def test_broker_config_decommission_and_rotate(depot: Path, monkeypatch: pytest.
     assert runner.invoke(app, ["broker-config", "--out", str(out)]).exit_code == 2
     r = runner.invoke(app, ["broker-config", "--out", str(out), "--host", "mqtt.city.example", "--state-dir", str(depot)])
     assert r.exit_code == 0, r.output
-    for name in ("passwd", "server.key", "collector.secret", "ca.key"):
+    # Secrets mosquitto reads: readable by its group from the first byte when rendered as root; the rest 0600.
+    broker_group = _group_of_user("mosquitto") if os.geteuid() == 0 else None
+    for name in ("passwd", "passwd.internal", "server.key"):
+        st = (out / name).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == ((0o640, broker_group) if broker_group is not None else
+                                                           (0o600, os.getgid())), name
+    for name in ("kerbside-collector.secret", "kerbside-operator.secret", "ca.key"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
-    assert (out / "collector.secret").read_text().strip() not in r.output
+    for name in ("kerbside-collector.secret", "kerbside-operator.secret"):
+        assert (out / name).read_text().strip() not in r.output
+    assert "mqtt.username = mqtt.client_id = kerbside-collector" in " ".join(r.output.split())
     ca_before = (out / "ca.pem").read_bytes()
     assert "max_queued_messages 100000" in (out / "mosquitto.conf").read_text()
 
@@ -140,7 +149,7 @@ def test_broker_config_decommission_and_rotate(depot: Path, monkeypatch: pytest.
     r = runner.invoke(app, ["registry", "decommission", "0c0c0c01", "--reason", "stolen", "--yes"])
     assert r.exit_code == 0 and "SIGHUP" not in r.output and "kill -HUP" in " ".join(r.output.split())
     passwd = (out / "passwd").read_text()
-    assert "0c0c0c01:" not in passwd and "0c0c0c02:" in passwd and "collector:" in passwd
+    assert "0c0c0c01:" not in passwd and "0c0c0c02:" in passwd and "collector" not in passwd
     assert "decommissioned" in runner.invoke(app, ["registry", "show", "0c0c0c01"]).output
 
     old_line = next(line for line in passwd.splitlines() if line.startswith("0c0c0c02:"))
@@ -152,7 +161,16 @@ def test_broker_config_decommission_and_rotate(depot: Path, monkeypatch: pytest.
     assert runner.invoke(app, ["registry", "rotate", "NOT-HEX"]).exit_code == 1
 
     r = runner.invoke(app, ["broker-config", "--out", str(out), "--host", "mqtt.city.example", "--state-dir", str(depot)])
-    assert "kept the kerbside CA" in r.output and (out / "ca.pem").read_bytes() == ca_before
+    assert "kept the CA" in r.output and (out / "ca.pem").read_bytes() == ca_before
+
+
+def _group_of_user(name: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_gid
+    except KeyError:
+        return None
 
 
 def test_flash_without_image_or_port() -> None:

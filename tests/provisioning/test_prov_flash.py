@@ -159,3 +159,31 @@ def test_bad_images_refused_before_touching_the_port(tmp_path: Path, kwargs: dic
 def test_missing_image_says_where_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(FlashError, match=r"micropython\.org/download"):
         check_image(tmp_path / "nope.bin")
+
+
+def test_a_port_that_answers_but_is_no_esp32_bootloader_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection failed with garbage from the port: not a link to retry slower, and not only the BOOT button."""
+    from serial.tools import list_ports
+
+    @dataclass
+    class Port:
+        device: str = "/dev/ttyACM0"
+        vid: int = 0x2341
+        pid: int = 0x0043
+        description: str = "Arduino Uno"
+
+    monkeypatch.setattr(list_ports, "comports", lambda: [Port()])
+    api = FakeEsptool(detect_error=FatalError("Failed to connect to Espressif device: Invalid head of packet (0x08): "
+                                              "Possible serial noise or corruption."))
+    with pytest.raises(FlashError) as e:
+        flash("/dev/ttyACM0", image(tmp_path), api=api)
+    assert "answered, but not as an ESP32's bootloader does: it is Arduino Uno (USB 2341:0043, not a USB-serial bridge" \
+        in str(e.value) and "This is not an ESP32 node" in str(e.value)
+    assert api.calls == ["detect_chip /dev/ttyACM0 115200"]  # no retry at lower bauds
+
+
+def test_an_esp8266_is_not_a_node(tmp_path: Path) -> None:
+    api = FakeEsptool(chip="ESP8266")
+    with pytest.raises(FlashError, match="this is an ESP8266, not an ESP32"):
+        flash("/dev/ttyUSB0", image(tmp_path), api=api)
+    assert "erase_flash" not in api.calls

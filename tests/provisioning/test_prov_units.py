@@ -156,3 +156,77 @@ def test_batch_file_parsing(tmp_path: Path) -> None:
     p.write_text("kit,site\n")
     with pytest.raises(batch.BatchError, match="lists no nodes"):
         batch.parse(p, "/dev/x")
+
+
+def test_redaction_matches_every_escaped_form_of_a_secret() -> None:
+    key = 'WIFI\\KEY"it\'s-é\n😀'
+    forms = [key, repr(key), repr(repr(key)), json.dumps(key), json.dumps(key, ensure_ascii=False), repr(key.encode()),
+             repr({"psk": key}), json.dumps({"wifi": [{"psk": key}]})]
+    for form in forms:
+        out = selftest.redact(f"before {form} after", [key])
+        assert "KEY" not in out and out.startswith("before ") and out.endswith(" after"), (form, out)
+    assert selftest.redact("WIFI and KEY alone are no secret", [key]) == "WIFI and KEY alone are no secret"
+
+
+def test_accounts_cannot_look_like_nodes_or_collide() -> None:
+    assert broker.Accounts().all == ("kerbside-collector", "kerbside-operator")
+    for bad in (("0a0b0c0d",), ("x y",), ("a:b",), ("$SYS",), ("kerbside-operator",)):
+        with pytest.raises(broker.AccountError):
+            broker.Accounts(bad).check()
+    with pytest.raises(broker.AccountError, match="ingest_users is empty"):
+        broker.Accounts(()).check()
+
+
+def test_reprovisioning_keeps_what_is_not_given_and_names_what_changes() -> None:
+    from kerbside.core.registry import Device
+
+    dev = Device(id="0a0a0a01", kit="air", site="Ringstrasse 12", zone="lez-inner", lat=48.2, lon=16.37)
+    assert node_config.NodeSpec().check().over(dev) == node_config.NodeSpec("air", "Ringstrasse 12", "lez-inner", 48.2, 16.37)
+    moved = node_config.NodeSpec(zone="", lat=48.3, lon=16.4).check().over(dev)
+    assert node_config.registry_changes(dev, moved) == ["zone: 'lez-inner' -> ''", "lat: 48.2 -> 48.3", "lon: 16.37 -> 16.4"]
+    with pytest.raises(ConfigError, match="pass --kit and --site"):
+        node_config.NodeSpec(zone="x").for_new_node()
+    prof = node_config.Profile(wifi=[{"ssid": "city", "psk": "new-key-123"}], host="mqtt.city.example")
+    old = node_config.build("0a0a0a01", "pw", 1, node_config.NodeSpec("air", "A", "z"), prof, 1)
+    old["wifi"] = [{"ssid": "city", "psk": "old-key-123"}]
+    new = node_config.build("0a0a0a01", "pw", 1, node_config.NodeSpec("air", "B", "z"), prof, 1)
+    changes = node_config.config_changes(old, new)
+    assert changes == ["node site: 'A' -> 'B'", "node Wi-Fi key for 'city' changes"]
+    assert not any("key-123" in c for c in changes)
+
+
+def _outcome(device_id: str, board: str) -> object:
+    from kerbside.provisioning.provision import Outcome
+
+    return Outcome("/dev/ttyUSB0", device_id=device_id, board=[board])
+
+
+def test_one_port_batch_asks_before_each_next_row_and_refuses_a_board_twice() -> None:
+    from kerbside.provisioning.provision import SameBoardError
+
+    spec = node_config.NodeSpec("air", "x")
+    rows = [batch.Row(n, "/dev/ttyUSB0", spec) for n in (2, 3, 4)]
+    plugged = iter(["board-1", "board-1", "board-2"])  # the technician forgot to swap once
+    current = {"board": ""}
+    asked: list[tuple[int, str]] = []
+
+    def next_node(row: batch.Row, why: str) -> None:
+        asked.append((row.line, why))
+        try:
+            current["board"] = next(plugged)
+        except StopIteration:
+            raise batch.NoNextNode(f"line {row.line}: no next node") from None
+
+    def provision_one(row: batch.Row, seen: batch.Seen):  # type: ignore[no-untyped-def]
+        if current["board"] in seen:
+            raise SameBoardError(f"already {seen[current['board']]}")
+        return _outcome(f"id-{current['board']}", current["board"])
+
+    current["board"] = "board-0"
+    results = batch.run(rows, provision_one, next_node=next_node)
+    assert [r.outcome.device_id if r.outcome else r.error for r in results] == ["id-board-0", "id-board-1", "id-board-2"]
+    assert asked == [(3, ""), (4, ""), (4, "already line 3 (id-board-1)")]
+    stopped = batch.run(rows, provision_one, next_node=lambda row, why: (_ for _ in ()).throw(batch.NoNextNode("gone")))
+    assert [r.error for r in stopped] == ["", "gone", "not provisioned: gone"]
+    with pytest.raises(batch.BatchError, match="cannot go in parallel"):
+        batch.run(rows, provision_one, parallel=True)
