@@ -159,8 +159,9 @@ def _trial_conf(text: str, ports: dict[str, int], log: Path) -> str:
             continue
         elif key == "persistence":
             out.append("persistence false")
-        elif key == "log_dest":
-            out.append(f"log_dest file {log}")
+        elif key == "log_dest" and value.strip() != "topic":
+            if f"log_dest file {log}" not in out:  # syslog, stdout or a file: one file of our own, once
+                out.append(f"log_dest file {log}")
         else:
             out.append(line)
     return "\n".join(out) + "\n"
