@@ -26,6 +26,7 @@ from kerbside.core.options import ConfigOpt
 _COMMAND_MODULES = (
     "kerbside.collector.cli",
     "kerbside.provisioning.cli",
+    "kerbside.provisioning.release",
     "kerbside.analysis.cli",
     "kerbside.simulator.cli",
     "kerbside.demo",

@@ -231,7 +231,7 @@ connection_messages true
 """
 
 
-def _listener(port: int, bind: str, password_file: Path, acl_file: Path) -> str:
+def listener(port: int, bind: str, password_file: Path, acl_file: Path) -> str:
     return f"""\
 listener {port} {bind}
 # The client id is the user name: nobody can take over another client's session.
@@ -257,9 +257,9 @@ def render_listeners(files: BrokerFiles, tls_port: int = TLS_PORT, tls_bind: str
     where = "on this host" if not internal_tls else f"on {internal_bind}, TLS (the certificate must name it)"
     return f"""\
 # Collectors (ingest accounts) and the operator, {where}. Nodes are not known here.
-{_listener(plain_port, internal_bind, files.internal_password_file, files.internal_acl_file)}{internal_tls}
+{listener(plain_port, internal_bind, files.internal_password_file, files.internal_acl_file)}{internal_tls}
 # Nodes, TLS only, with their device id and secret. Collectors and the operator are not known here.
-{_listener(tls_port, tls_bind, files.password_file, files.acl_file)}{_tls(files)}"""
+{listener(tls_port, tls_bind, files.password_file, files.acl_file)}{_tls(files)}"""
 
 
 def render_conf(files: BrokerFiles, state_dir: Path, max_queued: int, tls_port: int = TLS_PORT,

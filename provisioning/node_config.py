@@ -35,6 +35,7 @@ class Profile:
     port: int = _DEFAULT.broker_port
     tls: bool = _DEFAULT.tls
     ca: Path | None = None
+    release_key: Path | None = None
     keepalive: int = _DEFAULT.keepalive
     ntp: list[str] = field(default_factory=lambda: list(_DEFAULT.ntp))
     period: int = _DEFAULT.period
@@ -48,7 +49,8 @@ class Profile:
         if node.wifi_ssid:
             wifi = [{"ssid": node.wifi_ssid, "psk": node.wifi_psk}] + [w for w in wifi if w.get("ssid") != node.wifi_ssid]
         return cls(wifi=[{"ssid": w.get("ssid", ""), "psk": w.get("psk", "")} for w in wifi], host=node.broker_host,
-                   port=node.broker_port, tls=node.tls, ca=Path(node.ca) if node.ca else None, keepalive=node.keepalive,
+                   port=node.broker_port, tls=node.tls, ca=Path(node.ca) if node.ca else None,
+                   release_key=Path(node.release_key) if node.release_key else None, keepalive=node.keepalive,
                    ntp=list(node.ntp), period=node.period, sample=node.sample, status_every=node.status_every)
 
     def check(self) -> Profile:
@@ -67,6 +69,8 @@ class Profile:
                               "(broker-config writes it as ca.pem)")
         if self.ca is not None and not self.ca.is_file():
             raise ConfigError(f"CA certificate {self.ca} not found")
+        if self.release_key is not None and not self.release_key.is_file():
+            raise ConfigError(f"release public key {self.release_key} not found ([node] release_key)")
         if not 1 <= self.sample <= self.period:
             raise ConfigError(f"sample interval {self.sample} s must be between 1 s and the period {self.period} s")
         return self

@@ -20,7 +20,7 @@ from typing import Any
 
 from kerbside.core.errors import ProvisioningError
 from kerbside.core.registry import ACTIVE, Device, Registry
-from kerbside.provisioning import node_config, selftest
+from kerbside.provisioning import node_config, release, selftest
 from kerbside.provisioning.bundle import LIB, DeviceFile
 from kerbside.provisioning.fleet import now_iso
 from kerbside.provisioning.identity import new_device_id, new_secret
@@ -219,8 +219,12 @@ def _provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profi
         config_written = False
         try:
             sync_files(repl, firmware, out, say)
+            if firmware:
+                release.reset_updates(repl, out.notes)  # the firmware just uploaded is the one that runs
             if profile.ca is not None:
                 sync_files(repl, [DeviceFile(node_config.CA_PATH, profile.ca.read_bytes())], out, say)
+            if profile.release_key is not None:
+                sync_files(repl, [release.key_file(profile.release_key)], out, say)
             cal = existing.get("cal") if existing and isinstance(existing.get("cal"), dict) else None
             config = node_config.build(ident.device_id, ident.password, ident.credential, full, profile, 0, cal)
             config["cfg"] = node_config.next_cfg(existing if existing and existing.get("device") == ident.device_id else None,

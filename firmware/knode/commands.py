@@ -87,6 +87,6 @@ def apply(node, c):
                 node.kit.no2.cal = node.cfg["cal"]
         return None
     if op == "ota":
-        from knode import ota
-        return ota.stage(node, args)
+        from knode import ota  # imported on first use: it holds the signature check's code
+        return ota.command(node, args)
     return "unknown op %r" % (op,)

@@ -1,107 +1,109 @@
-# kerbside node firmware - over-the-air update of application files.
+# kerbside node firmware - over-the-air updates: the journal and the end of a trial.
 #
-# A command carries one file per "ota" op: {"path": "/lib/knode/x.py",
-# "data": bytes, "sha256": 32 bytes, "last": bool}. Files are staged as
-# <path>.new and verified against their SHA-256 before anything is replaced.
-# On "last", every staged file is swapped in (old one kept as <path>.bak),
-# /ota.json records {"files": [...], "tries": 0} and the node reboots. The
-# boot that follows must reach a connected, status-publishing state; if it
-# crashes or hangs instead (watchdog), the next boot sees tries >= 1 and
-# restores every .bak: rollback.
+# Every boot needs this much (the first status acknowledged by the broker ends
+# a trial, knode.node calls healthy()), so it is kept small. Receiving and
+# installing a signed release is knode.ota_receive, imported only while an
+# `ota` command is handled and dropped again afterwards (~11 KB of heap with
+# knode.p256 that a node does not carry between updates). How updates work,
+# and why, is there and in docs/firmware.md "Updates".
+#
+# The journal /ota.json: {"cur": running slot ("a", "b", or "" for the
+# provisioned firmware), "prev": the slot to roll back to while on trial,
+# "state": "trial" or "ok", "boots": trial boots so far, "seq"/"fw": the
+# running release, "pseq"/"pfw": the previous one, "seen": the newest release
+# that became healthy (no older one is accepted), "note": why the last
+# rollback happened}. main.py reads and writes the same keys at boot.
 import json
 import os
+import sys
 
-MARK = "/ota.json"
-MAX_FILE = 12000  # bytes per command: fits the MQTT client's incoming limit
-
-
-def _sha256(data):
-    import hashlib
-    return hashlib.sha256(data).digest()
+JOURNAL = "/ota.json"
+FW = "/fw"
+SLOTS = ("a", "b")
 
 
-def stage(node, args):
-    p = args.get("path")
-    data = args.get("data")
-    sha = args.get("sha256")
-    if not isinstance(p, str) or not p.startswith("/") or ".." in p:
-        return "ota: bad path"
-    if not isinstance(data, bytes) or len(data) > MAX_FILE:
-        return "ota: data must be bytes <= %d" % MAX_FILE
-    if _sha256(data) != sha:
-        return "sha256 mismatch"
-    b = node.board
-    with open(b.path(p) + ".new", "wb") as f:
-        f.write(data)
-    staged = getattr(node, "ota_staged", [])
-    if p not in staged:
-        staged.append(p)
-    node.ota_staged = staged
-    if args.get("last"):
-        swap(b, staged)
-        node.reboot_requested = True
-    return None
-
-
-def _exists(path):
+# -- journal (main.py reads and writes the same keys) ------------------------------------------
+def read_journal(board):
+    """The journal, or the state of a node that never installed an update."""
     try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def swap(board, paths):
-    for p in paths:
-        full = board.path(p)
-        if _exists(full):
-            os.rename(full, full + ".bak")
-        os.rename(full + ".new", full)
-    _write(board, {"files": paths, "tries": 0})
-
-
-def _write(board, mark):
-    tmp = board.path(MARK) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(mark, f)
-    os.rename(tmp, board.path(MARK))
-
-
-def _read(board):
-    try:
-        with open(board.path(MARK)) as f:
-            return json.load(f)
+        with open(board.path(JOURNAL)) as f:
+            j = json.loads(f.read())
+        if isinstance(j, dict):
+            return j
     except (OSError, ValueError):
-        return None
+        pass
+    return {"cur": "", "state": "ok", "seq": 0, "seen": 0, "fw": ""}
 
 
-def on_boot(board):
-    """Before importing the application: roll back an update that never became healthy.
-    Returns "rollback", "trial" or None."""
-    mark = _read(board)
-    if mark is None:
-        return None
-    if mark.get("tries", 0) >= 1:
-        for p in mark["files"]:
-            full = board.path(p)
-            if _exists(full + ".bak"):
-                os.rename(full + ".bak", full)
-            elif _exists(full):
-                os.remove(full)  # a file the update added
-        os.remove(board.path(MARK))
-        return "rollback"
-    mark["tries"] = mark.get("tries", 0) + 1
-    _write(board, mark)
-    return "trial"
+def write_journal(board, j):
+    """Atomically: a power cut leaves the old journal or the new one (LittleFS renames are atomic)."""
+    path = board.path(JOURNAL)
+    with open(path + ".tmp", "w") as f:
+        f.write(json.dumps(j))
+        sync_file(f)
+    os.rename(path + ".tmp", path)
+
+
+def sync_file(f):
+    """LittleFS commits a file on close; CPython (the simulator) needs fsync for the same promise."""
+    if hasattr(os, "fsync"):
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def healthy(board):
-    """Connected and reporting: keep the update, drop the backups."""
-    mark = _read(board)
-    if mark is None:
+    """The running firmware published a status the broker acknowledged: end its trial and free the old slot."""
+    j = read_journal(board)
+    if j.get("state") != "trial":
         return
-    for p in mark["files"]:
-        full = board.path(p) + ".bak"
-        if _exists(full):
-            os.remove(full)
-    os.remove(board.path(MARK))
+    prev = j.get("prev", "")
+    j["state"] = "ok"
+    j["prev"] = ""
+    j["boots"] = 0
+    j["seen"] = max(j.get("seen", 0), j.get("seq", 0))
+    write_journal(board, j)
+    if prev and prev != j.get("cur"):
+        remove_tree(board.path(FW + "/" + prev))
+
+
+# -- files -----------------------------------------------------------------------------------
+def is_dir(path):
+    try:
+        return os.stat(path)[0] & 0x4000 != 0
+    except OSError:
+        return None  # absent
+
+
+def remove_tree(path):
+    """Delete a directory and everything in it; absent is fine (idempotent after a power cut)."""
+    if is_dir(path) is None:
+        return
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if is_dir(p):
+            remove_tree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+UNLOAD = sys.implementation.name == "micropython"  # CPython (simulator, tests) keeps modules: reloading only costs time
+
+
+def command(node, args):
+    """The `ota` op (knode.commands): None when done, else the error text for the ack."""
+    from knode import ota_receive
+    try:
+        return ota_receive.command(node, args)
+    finally:
+        if UNLOAD and getattr(node, "ota_update", None) is None:
+            _unload()
+
+
+def _unload():
+    """Forget the receiving code until the next update (the modules are imported again from flash then)."""
+    import knode
+    for name in ("ota_receive", "p256"):
+        sys.modules.pop("knode." + name, None)
+        if name in knode.__dict__:
+            delattr(knode, name)

@@ -223,6 +223,9 @@ class NodeConfig:
     tls: bool = True
     ca: str = _path()
     """CA certificate nodes trust (broker-config writes it as ca.pem); goes to the node as /ca.pem."""
+    release_key: str = _path()
+    """The city's release public key (`kerbside release keygen` writes release.pub); goes to the node as
+    /release.pub. A node without it refuses every over-the-air update."""
     keepalive: int = 60
     wifi: list[dict[str, str]] = field(default_factory=list, metadata={"file_only": True})
     """[[node.wifi]] tables with ssid and psk, tried in order."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import queue
 import time
 
 import paho.mqtt.client as paho
 import pytest
 
-from knode import cbor, node, ota
+from knode import cbor, node
 
 from .conftest import node_config
 
@@ -98,7 +99,9 @@ def test_config_commands_are_versioned_saved_and_acknowledged(mosquitto, make_bo
 
 
 @pytest.mark.services
-def test_status_command_and_ota_with_sha256_check(mosquitto, make_board) -> None:
+def test_status_command_and_unsigned_ota_refused(mosquitto, make_board) -> None:
+    """Signed updates have their own tests (test_fw_ota*.py, tests/security/test_ota.py); the old unsigned
+    single-file form, which could write any path, is refused."""
     board = make_board(node_config(device=DEV, port=mosquitto.port), speedup=50)
     link = Link(mosquitto.port)
     new = b"# new application module\nVERSION = 2\n"
@@ -114,9 +117,6 @@ def test_status_command_and_ota_with_sha256_check(mosquitto, make_board) -> None
             status = {"online": False}
             while not status["online"]:  # skip a retained Last Will left by the previous test's node
                 status = await asyncio.to_thread(link.status.get, True, 10)
-            link.send({"v": 1, "cmd": 22, "op": "ota", "args": {"path": "/app.py", "data": new,
-                                                             "sha256": hashlib.sha256(b"other").digest()}})
-            acks.append(await _ack(link))
             link.send({"v": 1, "cmd": 23, "op": "ota", "args": {"path": "/app.py", "data": new,
                                                              "sha256": hashlib.sha256(new).digest(), "last": True}})
             acks.append(await _ack(link))
@@ -133,15 +133,10 @@ def test_status_command_and_ota_with_sha256_check(mosquitto, make_board) -> None
     assert acks[0]["ok"] is True and status["online"] is True and status["id"] == bytes.fromhex(DEV)
     assert set(status) >= {"v", "id", "online", "t", "synced", "fw", "kit", "up", "heap", "rssi", "buf", "drop",
                            "boot", "seq", "cfg", "health"}
-    assert acks[1] == {"v": 1, "id": bytes.fromhex(DEV), "cmd": 22, "ok": False, "cfg": 1, "err": "sha256 mismatch"}
-    assert acks[2]["ok"] is True
-    assert open(board.path("/app.py"), "rb").read() == new  # swapped in, old kept for rollback
-    assert open(board.path("/app.py.bak"), "rb").read() == b"VERSION = 1\n"
-    # the update's trial boot never becomes healthy: the boot after it rolls back
-    assert ota.on_boot(board) == "trial"
-    assert ota.on_boot(board) == "rollback"
+    assert acks[1] == {"v": 1, "id": bytes.fromhex(DEV), "cmd": 23, "ok": False, "cfg": 1,
+                       "err": "ota: args need a manifest and sig, or a chunk (seq, file, off, data)"}
     assert open(board.path("/app.py"), "rb").read() == b"VERSION = 1\n"
-    assert ota.on_boot(board) is None
+    assert not os.path.exists(board.path("/ota.json"))
 
 
 @pytest.mark.services
