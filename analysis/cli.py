@@ -193,23 +193,26 @@ def lez_cmd(
 def ngsi_ld_cmd(
     first: str = typer.Option(None, "--from", help="First local day (default: last day with data)."),
     last: str = typer.Option(None, "--to", help="Last local day, inclusive (default: last day with data)."),
-    registry: Annotated[Path | None, typer.Option("--registry", show_default=False, help="Device registry with lat/lon "
-                                                  "and site (registry.path; default ./kerbside-registry.json).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Directory for the .jsonld files, one per entity type.")] = Path(
-        "ngsi-ld"),
-    current: bool = typer.Option(False, "--current", help="Only the latest hour per device, with stable ids (a live "
-                                                          "digital twin) instead of one entity per hour."),
-    broker: str = typer.Option(None, "--broker", help="Also upsert to this NGSI-LD broker, e.g. http://orion-ld:1026."),
+    registry: RegistryOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Directory for the .jsonld files.")] = Path("ngsi-ld"),
+    current: bool = typer.Option(False, "--current", help="Only the latest state of each entity (a live digital "
+                                                          "twin), without the temporal history files."),
+    broker: str = typer.Option(None, "--broker", help="Also send to this NGSI-LD broker, e.g. http://orion-ld:1026: "
+                                                      "upsert the entities, then POST their history to /temporal."),
     config: ConfigOpt = None,
     influx: InfluxOpt = None,
     db: DbOpt = None,
     tz: TzOpt = None,
     period: PeriodOpt = None,
+    raw: RawOpt = False,
 ) -> None:
-    """Hourly AirQualityObserved and TrafficFlowObserved entities (FIWARE Smart Data Models) as NGSI-LD JSON-LD.
+    """AirQualityObserved, TrafficFlowObserved and Device entities (FIWARE Smart Data Models) as NGSI-LD.
 
-    Every entity is validated against the Smart Data Models JSON Schemas shipped in analysis/schemas before
-    anything is written. reliability = hourly data capture (0..1).
+    One entity per device (traffic: per device and lane direction) with its latest hour, one Device entity each
+    (so refDevice resolves), and the hourly history in the NGSI-LD temporal representation (*.temporal.jsonld).
+    Every property has observedAt and units; every hourly snapshot is validated against the Smart Data Models
+    schemas shipped in analysis/schemas before anything is written. reliability = hourly data capture (0..1).
+    Negative concentrations are exported as 0 with the measured value kept in a measuredValue sub-property.
 
     Example:  kerbside export ngsi-ld --from 2026-04-01 --to 2026-04-07 --broker http://127.0.0.1:1026
     """
@@ -232,13 +235,13 @@ def ngsi_ld_cmd(
             end = query.span(client, tz)
             first = last = str(end.last)
         rng = _range(first, last, tz, client)
-        ents = ngsi_ld.build(client, rng, devices, cfg.node.period, current)
+        ents = ngsi_ld.build(client, rng, devices, cfg.node.period, current, _calibrations(cfg, raw))
         for p in ngsi_ld.write_files(ents, out):
-            typer.echo(f"wrote {p}")
+            typer.echo(f"wrote {p} ({len(ents[p.name.removesuffix('.jsonld')])} entities)")
         if broker:
-            echo: Callable[[int, int], None] = lambda done, total: typer.echo(f"… {done}/{total} upserted", err=True)  # noqa: E731
+            echo: Callable[[int, int], None] = lambda done, total: typer.echo(f"… {done}/{total} sent", err=True)  # noqa: E731
             n = ngsi_ld.post(ents, broker, progress=echo)
-            typer.echo(f"upserted {n} entities to {broker}")
+            typer.echo(f"sent {n} entities to {broker}")
 
 
 @export_app.command("csv")
