@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # package each: asking apt for a whole list fails on machines whose Node.js comes from NodeSource
 # (its nodejs package conflicts with Debian's npm), and apt-get update is slow.
 DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
-TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs npm:npm
+TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs npm:npm chromium:chromium
 
 .PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
 

@@ -192,3 +192,22 @@ def test_thin_data_gives_a_report_that_says_what_is_missing(influxd, tmp_path: P
     assert "No valid daily or hourly mean in the range" in page
     _strict((tmp_path / "summary.json").read_text())
     assert (tmp_path / "capture.png").read_bytes().startswith(PNG)
+
+
+def test_first_page_in_a_browser(rendered: tuple[Path, dict], tmp_path: Path) -> None:
+    """Chromium shows the summary on the first screen (the headline's blue bar), and prints it as a page of its own."""
+    import chromium
+    from matplotlib.image import imread
+
+    out, _ = rendered
+    png = tmp_path / "first.png"
+    chromium.screenshot(out / "report.html", png)
+    img = imread(png)
+    assert img.shape[:2] == (chromium.WINDOW[1], chromium.WINDOW[0])
+    blue = np.all(np.abs(img[:, :, :3] - np.array([0, 114, 178]) / 255) < 0.02, axis=2)
+    rows = np.nonzero(blue.any(axis=1))[0]
+    assert len(rows) > 50 and rows.min() < 400  # the headline's bar, near the top of the page
+    chromium.pdf(out / "report.html", tmp_path / "report.pdf")
+    pages = (tmp_path / "report.pdf").read_bytes().count(b"/Type /Page\n") or \
+        len(re.findall(rb"/Type\s*/Page[^s]", (tmp_path / "report.pdf").read_bytes()))
+    assert pages >= 3
