@@ -391,7 +391,9 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
         st["mean µg/m³"] = st["mean"].map(_fmt)
         st["95 % interval"] = [f"{_fmt(a)} – {_fmt(b)}" if not math.isnan(a) else "n/a"
                                for a, b in zip(st["ci_low"], st["ci_high"], strict=True)]
-        side_table = st[["pollutant", "side", "period", "mean µg/m³", "95 % interval", "sites", "days", "hours"]]
+        st = st.rename(columns={"days": "days with valid hours", "hours": "valid hours"})
+        side_table = st[["pollutant", "side", "period", "mean µg/m³", "95 % interval", "sites", "days with valid hours",
+                         "valid hours"]]
         side_table = side_table.sort_values(["pollutant", "side", "period"], ascending=[True, True, False])
         tables["side_means"] = _table(side_table)
         for p in POLLUTANTS:
