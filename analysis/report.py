@@ -225,8 +225,10 @@ def _traffic(client: Influx, spec: ReportSpec, rng: LocalRange, whole: set[date]
             share = 100 * float(p["heavy"].sum()) / float(p["total"].sum()) if p["total"].sum() else float("nan")
             rows.append({"side": side, "period": period, "matched on": label, "days compared": shown,
                          "vehicles per day per site": round(per_day), "heavy vehicles %": round(share, 2)})
+            compared = (f"the same weekdays ({shown}) and hours" if key == "weekday"
+                        else f"{shown}s only, hour by hour: the periods share no weekday")
             summary[f"{side}/{period}"] = {"vehicles_per_day": round(per_day, 1), "heavy_share_pct": round(share, 2),
-                                           "matched_on": key, "days": shown}
+                                           "matched_on": key, "days": shown, "compared": compared}
             prof = p.groupby("hour")["total"].mean().reset_index().assign(side=side, period=period)
             profile.append(prof)
     table = pd.DataFrame(rows)

@@ -312,7 +312,7 @@ def _headlines(con, demo: Demo, plan: DemoPlan, summary: dict) -> None:  # type:
     t = Table(show_header=True, box=None)
     for col in ("", "estimate", "95 % interval", "days before/after"):
         t.add_column(col)
-    for pol, r in summary.get("did", {}).items():
+    for pol, r in sorted(summary.get("did", {}).items(), key=lambda kv: ("no2", "pm25", "pm10").index(kv[0])):
         t.add_row(f"LEZ effect on {pol} (difference-in-differences, µg/m³)", f"{r['estimate']:+.1f}",
                   f"{r['ci_low']:+.1f} … {r['ci_high']:+.1f}", f"{r['days_before']}/{r['days_after']}")
     if summary.get("did"):
@@ -324,7 +324,7 @@ def _headlines(con, demo: Demo, plan: DemoPlan, summary: dict) -> None:  # type:
         con.print(f"  partial days left out of the comparison: {', '.join(f'{d} ({why})' for d, why in partial.items())}")
     for key, v in summary.get("traffic", {}).items():
         con.print(f"  traffic {key}: {v['vehicles_per_day']:,.0f} vehicles/day per counter, "
-                  f"{v['heavy_share_pct']:.1f} % heavy (matched on {v['matched_on']}: {v['days']})")
+                  f"{v['heavy_share_pct']:.1f} % heavy (compared on {v['compared']})")
     gaps = summary.get("gaps", {})
     con.print(f"  sequence gaps recorded: {gaps.get('count', 0)}, readings still missing: {gaps.get('still_missing', 0)}")
 

@@ -112,6 +112,7 @@ def test_traffic_matched_by_weekday_and_hour(rendered: tuple[Path, dict], sim: a
         sel = t[mask]
         got = summary["traffic"][f"inside/{period}"]
         assert got["matched_on"] == "weekday" and got["days"] == "Mon, Tue, Wed, Thu, Fri, Sat, Sun"
+        assert got["compared"] == "the same weekdays (Mon, Tue, Wed, Thu, Fri, Sat, Sun) and hours"
         share = 100 * sel.loc[sel["cls"] == "heavy", "count"].sum() / sel["count"].sum()
         assert got["heavy_share_pct"] == pytest.approx(share, abs=0.05)
         assert got["vehicles_per_day"] == pytest.approx(sel["count"].sum() / 14, rel=0.01)
