@@ -43,6 +43,7 @@ from kerbside.analysis.influx import Influx
 from kerbside.analysis.limits import POLLUTANTS, capture_rules, limit, limits
 from kerbside.analysis.timerange import LocalRange
 from kerbside.core.errors import AnalysisError
+from kerbside.core.influx import InfluxRefused
 
 LABEL = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2"}
 SUMMARY_ORDER = ("no2", "pm25", "pm10")
@@ -257,26 +258,36 @@ def _quality(client: Influx, hours: pd.DataFrame, rng: LocalRange, period_s: int
         n_h = pd.Series({d: LocalRange(d, d, rng.tz).hours() for d in rng.days()})
         tcap = (100 * per.fillna(0).div(per_hour, axis=0) / n_h).clip(upper=100)
         cap = pd.concat([cap, tcap])
-    # expected while the network ran: its first to its last hour
+    # Expected while the network ran: every reading interval from its first reading to its last (any node), so a
+    # node that stopped early or started late shows it. Boot readings (one when a node's clock is first set) come
+    # on top of the interval grid, so a node can have taken one reading more than expected per boot.
     stored = query.stored_readings(client, rng)
     gaps = query.gaps(client, rng)
-    first = hours["time"].min() if not hours.empty else None
-    last = hours["time"].max() + pd.Timedelta(hours=1) if not hours.empty else None
+    span = [client.frame(f'SELECT {fn}(seq) FROM "raw"."{m}" WHERE {rng.where()}')
+            for fn in ("first", "last") for m in ("air", "traffic_flow")]
+    starts = [f["time"].iloc[0] for f in span[:2] if not f.empty]
+    ends = [f["time"].iloc[0] for f in span[2:] if not f.empty]
     acc = []
-    if first is not None:
-        span_h = (last - first) / pd.Timedelta(hours=1)
+    if starts and ends:
+        run_s = (max(ends) - min(starts)) / pd.Timedelta(seconds=1)
         missing = gaps.groupby("device")["missing"].sum() if not gaps.empty else pd.Series(dtype=float)
         intervals_s = flow.groupby("device")["interval"].median() if not flow.empty else pd.Series(dtype=float)
         for r in stored.to_dict("records"):
-            per_h = e if r["kit"] == "air" else 3600 / float(intervals_s.get(r["device"], 900))
-            exp = round(span_h * per_h)
+            step = period_s if r["kit"] == "air" else float(intervals_s.get(r["device"], 900))
+            exp = int(run_s // step) + 1
             miss = int(missing.get(r["device"], 0))
             acc.append({"device": r["device"], "site": r["site"], "kit": r["kit"], "expected": exp,
                         "taken": int(r["stored"]) + miss, "stored": int(r["stored"]), "still missing": miss,
                         "stored %": round(100 * int(r["stored"]) / exp, 1) if exp else float("nan")})
     acc_df = pd.DataFrame(acc)
-    return {"capture": cap, "accounting": acc_df, "gaps": gaps,
-            "span": (first, last)}
+    unsynced: set[str] = set()
+    for m in ("air_unsynced", "traffic_flow_unsynced"):
+        try:
+            series = client.query(f'SHOW TAG VALUES FROM "unsynced"."{m}" WITH KEY = "device"')
+        except InfluxRefused:
+            continue  # a database without kerbside's layout has no unsynced retention policy
+        unsynced |= {row[1] for s in series for row in s.get("values", [])}
+    return {"capture": cap, "accounting": acc_df, "gaps": gaps, "unsynced": sorted(unsynced)}
 
 
 def _signed(x: float) -> str:
@@ -480,6 +491,7 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
     tables["accounting"] = _table(acc) if not acc.empty else None
     totals = {k: int(acc[k].sum()) for k in ("expected", "taken", "stored", "still missing")} if not acc.empty else {}
     summary["readings"] = totals
+    summary["unsynced_devices"] = q["unsynced"]
     g = q["gaps"]
     summary["gaps"] = {"count": len(g), "still_missing": int(g["missing"].sum()) if len(g) else 0}
     if not g.empty:
@@ -511,7 +523,7 @@ def build(client: Influx, spec: ReportSpec, out: Path, progress: Callable[[str],
         missing=missing, partial=partial, overview=overview, traffic=traffic, did_notes=did_notes,
         annual_text=annual_text, calibrated=calibrated, totals=totals,
         gaps={"count": len(g), "recovered": int(g["recovered"].sum()) if len(g) else 0, "shown": min(20, len(g))},
-        label=LABEL, fmt=_fmt)
+        unsynced=q["unsynced"], label=LABEL, fmt=_fmt)
     (out / "report.html").write_text(page)
     summary["pngs"] = list(figs.by_name)
     (out / "summary.json").write_text(json.dumps(_strict(summary), indent=2, allow_nan=False))

@@ -66,8 +66,9 @@ def test_notebook_runs_the_guide_and_its_outputs_hold(executed: dict, fleet_run)
     est, lo, hi = r["did_no2"]
     truth = injected_effect(fleet_run)
     assert truth < -2  # the zone cut heavy traffic, and with it NO2, inside
-    assert abs(est - truth) < 0.5, (est, truth)  # Mon-Tue vs Wed-Thu: the same traffic shape, so DiD is unbiased here
-    assert lo < est < hi and r["report_did_no2"] == pytest.approx(est, abs=1e-9)
+    # Mon-Tue vs Wed-Thu: the same traffic shape on both sides of the start, so the estimate is unbiased here
+    assert lo <= truth <= hi and abs(est - truth) < 0.2, (est, lo, hi, truth)  # measured: -6.680 [-6.832, -6.529], -6.688
+    assert r["report_did_no2"] == pytest.approx(est, abs=1e-9)
     hours = query.hourly(fleet_run.client, fleet_run.rng)
     after = hours[hours["no2_valid"] & (hours["day"] >= FLEET_LEZ)]
     api = after.groupby("zone")["no2"].mean()

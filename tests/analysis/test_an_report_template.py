@@ -26,7 +26,7 @@ def _render(**over: object) -> str:
            "missing": [], "partial": {}, "overview": [{"pollutant": "NO2", "inside/before": "30.0 (29.0–31.0)"}],
            "traffic": {"note": "No traffic counts in the analysed range.", "summary": {}, "table": None},
            "did_notes": ["too few <days>"], "annual_text": "not a calendar year", "calibrated": [], "totals": {},
-           "gaps": {"count": 0, "recovered": 0, "shown": 0}, "label": LABEL, "fmt": _fmt}
+           "gaps": {"count": 0, "recovered": 0, "shown": 0}, "label": LABEL, "fmt": _fmt, "unsynced": []}
     ctx.update(over)
     return _TEMPLATES.get_template("report.html").render(**ctx)
 
@@ -52,10 +52,11 @@ def test_sections_follow_the_data() -> None:
     assert "No valid hour on whole days: no period mean." in page
     assert "What this report could not do" not in page
     page = _render(gaps={"count": 30, "recovered": 1, "shown": 20}, missing=["No whole day <of> data."],
-                   partial={date(2026, 3, 1): "data from 14:00 only"}, calibrated=["a1", "b2"])
+                   partial={date(2026, 3, 1): "data from 14:00 only"}, calibrated=["a1", "b2"], unsynced=["0a0b0c0d"])
     first = page[:page.index("</section>")]
     assert "30 gaps recorded by the collector; 1 fully recovered by late backfill. The 20 largest:" in page
     assert "<li>No whole day &lt;of&gt; data.</li>" in first
     assert "Partial days left out: 2026-03-01 (data from 14:00 only)." in first
     assert "(2 of them calibrated against a reference station)" in first
     assert "Calibrated values</b> are used for a1, b2" in page
+    assert "Readings of 1 node (0a0b0c0d) were taken before the node's clock was set" in page
