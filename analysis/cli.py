@@ -24,6 +24,9 @@ RegistryOpt = Annotated[Path | None, typer.Option("--registry", show_default=Fal
                                                   help="Device registry (registry.path; default ./kerbside-registry.json): "
                                                        "site locations and calibration coefficients.")]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Use the sensors' own values even where calibration coefficients exist.")]
+FromOpt = Annotated[str | None, typer.Option("--from", help="First local day (default: first day with data).")]
+ToOpt = Annotated[str | None, typer.Option("--to", help="Last local day, inclusive (default: last day with data).")]
+TablesOutOpt = Annotated[Path, typer.Option("--out", help="Directory for the four files.")]
 PeriodOpt = Annotated[int | None, typer.Option("--period", min=1, show_default=False,
                                                help="Seconds between readings of a node; sets the readings expected per "
                                                     "hour for data capture (node.period).")]
@@ -246,9 +249,7 @@ def ngsi_ld_cmd(
 
 @export_app.command("csv")
 def csv_cmd(
-    first: str = typer.Option(None, "--from", help="First local day (default: first day with data)."),
-    last: str = typer.Option(None, "--to", help="Last local day, inclusive (default: last day with data)."),
-    out: Annotated[Path, typer.Option("--out", help="Directory for the four files.")] = Path("kerbside-export"),
+    first: FromOpt = None, last: ToOpt = None, out: TablesOutOpt = Path("kerbside-export"),
     config: ConfigOpt = None, influx: InfluxOpt = None, db: DbOpt = None, tz: TzOpt = None, period: PeriodOpt = None,
     registry: RegistryOpt = None, raw: RawOpt = False,
 ) -> None:
@@ -262,9 +263,7 @@ def csv_cmd(
 
 @export_app.command("parquet")
 def parquet_cmd(
-    first: str = typer.Option(None, "--from", help="First local day (default: first day with data)."),
-    last: str = typer.Option(None, "--to", help="Last local day, inclusive (default: last day with data)."),
-    out: Annotated[Path, typer.Option("--out", help="Directory for the four files.")] = Path("kerbside-export"),
+    first: FromOpt = None, last: ToOpt = None, out: TablesOutOpt = Path("kerbside-export"),
     config: ConfigOpt = None, influx: InfluxOpt = None, db: DbOpt = None, tz: TzOpt = None, period: PeriodOpt = None,
     registry: RegistryOpt = None, raw: RawOpt = False,
 ) -> None:
