@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # (its nodejs package conflicts with Debian's npm), and apt-get update is slow. npm is not needed:
 # tests/mpy/install.py fetches the pinned MicroPython VM itself; only node runs it.
 DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
-TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs
+TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs chromium:chromium
 
 .PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
 

@@ -12,12 +12,21 @@ Data-capture definitions (also in docs/analysts.md):
 * an hourly mean is valid if its capture >= 75 %; a daily mean (local day, 23,
   24 or 25 h) is the mean of the valid hours and valid with >= 18 of them;
   a period/annual mean is the mean of valid hours, valid with >= 90 % valid hours.
+  That is the one definition of a period mean: the report, the exports and
+  docs/analysts.md all use it (for a group of sites: all its sites' valid hours).
+
+Calibrated values: `hourly(..., calibrations=...)` replaces a node's hourly mean by
+the calibrated one where `kerbside calibrate` stored coefficients for that hour
+(analysis.calibration); `<p>_raw` keeps the sensor's value, `<p>_calibrated` says which.
 """
 
 from __future__ import annotations
 
+from datetime import date
+
 import pandas as pd
 
+from kerbside.analysis import calibration
 from kerbside.analysis.influx import Influx
 from kerbside.analysis.limits import POLLUTANTS, capture_rules, limits
 from kerbside.analysis.schema import AGG_RP, RAW_RP
@@ -58,11 +67,13 @@ def readings(client: Influx, rng: LocalRange, measurement: str = "air", sites: l
     return _localise(df, rng.tz)
 
 
-def hourly(client: Influx, rng: LocalRange, period_s: int = 60, sites: list[str] | None = None) -> pd.DataFrame:
+def hourly(client: Influx, rng: LocalRange, period_s: int = 60, sites: list[str] | None = None,
+           calibrations: calibration.Calibrations | None = None) -> pd.DataFrame:
     """Hourly air means per device from the aggregate RP, with capture and validity per pollutant.
 
     Hours with no reading at all are absent from the aggregates and therefore
     from this frame; they count as invalid hours in `daily` and `period_means`.
+    With `calibrations` (calibration.load(registry)), calibrated means replace raw ones where coefficients apply.
     """
     df = client.frame(f"SELECT * FROM {quote_ident(AGG_RP)}.{quote_ident('air_1h')} {_where(rng, sites)}")
     if df.empty:
@@ -75,6 +86,11 @@ def hourly(client: Influx, rng: LocalRange, period_s: int = 60, sites: list[str]
     for p in POLLUTANTS:
         if p not in df:  # a network without that sensor: keep the columns, all hours invalid
             df[p], df[f"{p}_n"] = float("nan"), 0
+    for c in ("rh", "temp", "pressure"):
+        if c not in df:
+            df[c] = float("nan")
+    df = calibration.apply(df, calibrations or {})
+    for p in POLLUTANTS:
         n = df[f"{p}_n"].fillna(0)
         df[f"{p}_capture"] = pd.concat([df["capture"], (n / expected).clip(upper=1.0)], axis=1).min(axis=1)
         df[f"{p}_valid"] = (df[f"{p}_capture"] >= rule - EPS) & df[p].notna()
@@ -125,26 +141,99 @@ def period_means(hours: pd.DataFrame, rng: LocalRange) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def exceedances(hours: pd.DataFrame, days: pd.DataFrame, scheme: str = "EU2030") -> pd.DataFrame:
+def _periods_in_year(year: int, averaging: str, tz: str) -> int:
+    y = LocalRange(date(year, 1, 1), date(year, 12, 31), tz)
+    return y.hours() if averaging == "hour" else len(y.days())
+
+
+def exceedances(hours: pd.DataFrame, days: pd.DataFrame, scheme: str = "EU2030",
+                rng: LocalRange | None = None) -> pd.DataFrame:
     """Exceedance counts per device, pollutant, short-term limit and calendar year (local time).
 
     Counts only valid hours/days, so `count` is a lower bound when capture is
-    poor; `valid_periods` says how many hours or days could be judged.
+    poor; `valid_periods` says how many hours or days could be judged, `periods`
+    how many the calendar year has. `verdict`:
+
+    * "n/a": no valid period, nothing can be said;
+    * "exceeded": more exceedances than allowed per year already (whatever the missing periods hold);
+    * "not exceeded": the whole calendar year analysed (`rng`), >= 90 % of its periods valid, count <= allowed;
+    * "open": otherwise (part of a year, or too few valid periods to say).
+
+    `breach` is True / False where the verdict is exceeded / not exceeded, None where it cannot be said.
+    Every device of `days` appears for every short-term limit and year, with count 0 where nothing
+    exceeded, so "no exceedance" and "no data" never look alike.
     """
+    rule = capture_rules().year_min_fraction
+    tz = rng.tz if rng is not None else str(hours["local_time"].dt.tz) if len(hours) else "UTC"
+    keys = ["device", "site", "zone"]
+    grid = days[keys].assign(year=pd.to_datetime(days["day"]).dt.year).drop_duplicates()
     rows = []
     for lim in limits(scheme):
         if lim.averaging == "year":
             continue
         src = hours if lim.averaging == "hour" else days
         src = src.assign(year=pd.to_datetime(src["day"]).dt.year)
-        for (device, site, zone, year), g in src.groupby(["device", "site", "zone", "year"], dropna=False):
-            ok = g[g[f"{lim.pollutant}_valid"]]
+        for key in grid.itertuples(index=False):
+            g = src[(src["device"] == key.device) & (src["year"] == key.year)]
+            ok = g[g[f"{lim.pollutant}_valid"].astype(bool)]
             n = int((ok[lim.pollutant] > lim.value).sum())
-            rows.append({"device": device, "site": site, "zone": zone, "year": int(year), "scheme": scheme,
+            year = int(key.year)
+            periods = _periods_in_year(year, lim.averaging, tz)
+            whole = rng is not None and rng.first <= date(year, 1, 1) and rng.last >= date(year, 12, 31)
+            allowed = lim.max_exceedances
+            if len(ok) == 0:
+                verdict = "n/a"
+            elif allowed is not None and n > allowed:
+                verdict = "exceeded"
+            elif whole and len(ok) >= rule * periods - EPS:
+                verdict = "not exceeded"
+            else:
+                verdict = "open"
+            rows.append({"device": key.device, "site": key.site, "zone": key.zone, "year": year, "scheme": scheme,
                          "pollutant": lim.pollutant, "averaging": lim.averaging, "limit": lim.value,
-                         "count": n, "allowed": lim.max_exceedances, "valid_periods": len(ok),
-                         "breach": lim.max_exceedances is not None and n > lim.max_exceedances})
+                         "count": n, "allowed": allowed, "valid_periods": len(ok), "periods": periods,
+                         "verdict": verdict,
+                         "breach": True if verdict == "exceeded" else False if verdict == "not exceeded" else None})
     return pd.DataFrame(rows)
+
+
+def coverage(hours: pd.DataFrame, rng: LocalRange) -> tuple[list[date], dict[date, str]]:
+    """The days of `rng` the network covered whole, and the partial or empty ones with why.
+
+    The network's span is its first to its last hourly aggregate (any device). A day that starts before
+    the first hour or ends after the last one is partial: its hours are not comparable with whole days
+    (half a day of night-time readings has a lower mean), so the report leaves it out and says so.
+    """
+    if hours.empty:
+        return [], {d: "no data" for d in rng.days()}
+    first = hours["time"].min()
+    last = hours["time"].max() + pd.Timedelta(hours=1)
+    whole, partial = [], {}
+    for d in rng.days():
+        day = LocalRange(d, d, rng.tz)
+        start, end = pd.Timestamp(day.start), pd.Timestamp(day.end)
+        if end <= first or start >= last:
+            partial[d] = "no data"
+        elif start < first:
+            partial[d] = f"data from {first.tz_convert(rng.tz):%H:%M} only"
+        elif end > last:
+            partial[d] = f"data until {last.tz_convert(rng.tz):%H:%M} only"
+        else:
+            whole.append(d)
+    return whole, partial
+
+
+def stored_readings(client: Influx, rng: LocalRange) -> pd.DataFrame:
+    """Readings stored per device in the range: air readings, and traffic readings (inbound direction: one per reading)."""
+    out = []
+    for m, extra in (("air", ""), ("traffic_flow", " AND direction = 'in'")):
+        df = client.frame(f"SELECT count(seq) AS stored FROM {quote_ident(RAW_RP)}.{quote_ident(m)} "
+                          f"WHERE {rng.where()}{extra} GROUP BY device, site, zone")
+        if not df.empty:
+            out.append(df.assign(kit="air" if m == "air" else "traffic")[["device", "site", "zone", "kit", "stored"]])
+    if not out:
+        return pd.DataFrame(columns=["device", "site", "zone", "kit", "stored"])
+    return pd.concat(out, ignore_index=True)
 
 
 def traffic_hourly(client: Influx, rng: LocalRange, sites: list[str] | None = None) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -164,6 +165,7 @@ def run(plan: DemoPlan) -> int:
     con = Console()
     demo = Demo(plan)
     t0 = time.monotonic()
+    stopping = _stop_on_signals()
     try:
         with con.status("starting InfluxDB and Mosquitto on loopback…"):
             demo.influxd.start()
@@ -225,21 +227,37 @@ def run(plan: DemoPlan) -> int:
         if rep.returncode == 0:
             _headlines(con, demo, plan, json.loads((plan.out / "summary.json").read_text()))
         else:
-            con.print(f"[yellow]LEZ report not written[/] ({rep.stderr.strip().splitlines()[-1] if rep.stderr else 'failed'}); "
-                      "simulate at least two days so there is a before and an after.")
-        _queries(con, demo, plan)
+            why = [ln for ln in rep.stderr.strip().splitlines() if ln.strip()]
+            con.print(f"[yellow]LEZ report not written:[/] {why[-1] if why else 'the report command failed'}")
+        _queries(con, demo, plan, fleet)
         if not exact:
             con.print("\n[bold red]✗ readings expected, taken and stored differ (see above)[/]")
         if plan.keep:
-            con.print("\nInfluxDB and Mosquitto stay up for you to explore. [bold]Ctrl-C[/] stops everything.")
+            con.print("\nInfluxDB and Mosquitto stay up for you to explore. [bold]Ctrl-C[/] (or SIGTERM) stops everything.")
             while True:
                 time.sleep(3600)
         return 0 if exact else 1
     except KeyboardInterrupt:
-        con.print("\nstopping…")
+        con.print(f"\nstopping ({stopping.get('signal', 'Ctrl-C')})…")
         return 130
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         demo.stop()
+
+
+def _stop_on_signals() -> dict[str, str]:
+    """SIGTERM and SIGHUP stop the demo like Ctrl-C: the services run in sessions of their own (so a Ctrl-C in
+    the terminal reaches only the demo), so only the demo's own cleanup stops them, and it must run."""
+    seen: dict[str, str] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        seen["signal"] = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    return seen
 
 
 def _accounting(con, demo: Demo, expected, stats, stored: int) -> bool:  # type: ignore[no-untyped-def]
@@ -294,25 +312,43 @@ def _headlines(con, demo: Demo, plan: DemoPlan, summary: dict) -> None:  # type:
     t = Table(show_header=True, box=None)
     for col in ("", "estimate", "95 % interval", "days before/after"):
         t.add_column(col)
-    for pol, r in summary.get("did", {}).items():
+    for pol, r in sorted(summary.get("did", {}).items(), key=lambda kv: ("no2", "pm25", "pm10").index(kv[0])):
         t.add_row(f"LEZ effect on {pol} (difference-in-differences, µg/m³)", f"{r['estimate']:+.1f}",
                   f"{r['ci_low']:+.1f} … {r['ci_high']:+.1f}", f"{r['days_before']}/{r['days_after']}")
     if summary.get("did"):
         con.print(t)
-    else:
-        con.print("  no difference-in-differences estimate: too few days or sites on a side (see the report)")
+    for m in summary.get("missing", []):
+        con.print(f"  [yellow]not in the report:[/] {m}")
+    partial = summary.get("partial_days", {})
+    if partial:
+        con.print(f"  partial days left out of the comparison: {', '.join(f'{d} ({why})' for d, why in partial.items())}")
     for key, v in summary.get("traffic", {}).items():
-        con.print(f"  traffic {key}: {v}")
+        con.print(f"  traffic {key}: {v['vehicles_per_day']:,.0f} vehicles/day per counter, "
+                  f"{v['heavy_share_pct']:.1f} % heavy (compared on {v['compared']})")
     gaps = summary.get("gaps", {})
     con.print(f"  sequence gaps recorded: {gaps.get('count', 0)}, readings still missing: {gaps.get('still_missing', 0)}")
 
 
-def _queries(con, demo: Demo, plan: DemoPlan) -> None:  # type: ignore[no-untyped-def]
-    q = f"influx -port {demo.influxd.port} -database {DB} -execute"
-    con.print("\n[bold]Query the data yourself[/] (InfluxQL):")
-    con.print(f"  {q} 'SHOW MEASUREMENTS'")
-    con.print(f"  {q} \"SELECT mean(no2), count(no2) FROM air GROUP BY zone\"")
-    con.print(f"  {q} 'SELECT * FROM kerbside_gaps'")
+def _queries(con, demo: Demo, plan: DemoPlan, fleet) -> None:  # type: ignore[no-untyped-def]
+    """The guide's recipes filled in with this run's port, database, days and a site (analysis.recipes)."""
+    from kerbside.analysis import recipes
+    from kerbside.analysis.timerange import LocalRange, zone
+
+    tz = demo.settings.analysis.tz
+    first, last = plan.start.astimezone(zone(tz)).date(), plan.end.astimezone(zone(tz)).date()
+    after = plan.lez_from.astimezone(zone(tz)).date()
+    site = next((f"sim-{vn.stats.index:03d}" for vn in fleet.nodes if vn.stats.kit == "air"), "sim-000")
+    vals = recipes.values(demo.influxd.url, DB, LocalRange(first, last, tz), site, "lez", after, str(demo.registry))
+    con.print("\n[bold]Query the data yourself[/] (docs/analysts.md, filled in for this run):")
+    for r in (recipes.RECIPES[0], recipes.RECIPES[3], recipes.RECIPES[5]):
+        con.print(f"  [dim]# {r.title}[/]")
+        con.print("  " + recipes.shell(recipes.fill(r, vals), vals), soft_wrap=True, highlight=False, markup=False)
+    con.print("  [dim]# every recipe, and the Python API:[/]")
+    con.print(f"  kerbside recipes --influx {demo.influxd.url} --db {DB} --registry {demo.registry} --after {after}",
+              soft_wrap=True, highlight=False, markup=False)
+    con.print("  [dim]# the notebook that runs the guide end to end (docs/analysts.ipynb):[/]")
+    con.print(f"  KERBSIDE_INFLUX_URL={demo.influxd.url} KERBSIDE_INFLUX_DB={DB} KERBSIDE_REGISTRY_PATH={demo.registry} "
+              f"LEZ_START={after} jupyter lab docs/analysts.ipynb", soft_wrap=True, highlight=False, markup=False)
     con.print(f"Logs and state: {plan.state}")
 
 

@@ -88,13 +88,17 @@ class Site:
         """ug/m3: urban background plus a part proportional to local emissions."""
         return 14 + 1.2 * self.emission_index(t)
 
+    def pm_true(self, t: float) -> tuple[float, float, float]:
+        """PM1, PM2.5, PM10 in ug/m3 as a reference (gravimetric) instrument would measure them."""
+        pm25 = 8 + 0.25 * self.emission_index(t) + 4 * math.sin(t / 400000) ** 2
+        return pm25 * 0.7, pm25, pm25 * 1.6
+
     def pm(self, t: float) -> tuple[float, float, float]:
         """PM1, PM2.5, PM10 in ug/m3 as an optical sensor reports them (humidity bias included)."""
         _, rh, _ = self.weather(t)
-        pm25 = 8 + 0.25 * self.emission_index(t) + 4 * math.sin(t / 400000) ** 2
         bias = 1 + 0.25 * max(0.0, rh - 60) / 40 * (1 + max(0.0, rh - 85) / 5)
-        pm25 *= bias
-        return pm25 * 0.7, pm25, pm25 * 1.6
+        pm1, pm25, pm10 = self.pm_true(t)
+        return pm1 * bias, pm25 * bias, pm10 * bias
 
     def co2(self, t: float) -> float:
         return 420 + 2.5 * self.emission_index(t)

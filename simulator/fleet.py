@@ -32,6 +32,7 @@ from kerbside.simulator.city import CITY_BBOX, Site, inside
 from kerbside.simulator.clock import US, VirtualClock, to_us
 from kerbside.simulator.hardware import Faults, Reboot, SimBoard
 from kerbside.simulator.proxy import Relay
+from kerbside.simulator.reference import ReferenceStation, SensedSite
 from knode import node as knode_node
 
 Window = tuple[float, float]
@@ -74,6 +75,8 @@ class FleetConfig:
     drain_timeout: float = 60
     """Real seconds to wait after the end of the run for node buffers to empty."""
     buffer_kb: int = 512
+    reference: ReferenceStation | None = None
+    """A reference station with air nodes beside it whose sensor errors are known (simulator.reference)."""
 
 
 @dataclass
@@ -149,6 +152,8 @@ class Fleet:
         self.clock = VirtualClock(self.power_on_us / US, cfg.speedup)
         self.broker_down = False
         self.nodes: list[VirtualNode] = []
+        self.colocated: list[int] = []
+        """Indices of the nodes beside the reference station, in the order of cfg.reference.sensors."""
         self.phase = "running"
         self.run_wall: float | None = None
         """Real seconds from the first power-on to the end of the run (the drain after it not included)."""
@@ -169,9 +174,16 @@ class Fleet:
                     break
             lez = inside(lon, lat)
             site = Site(lat, lon, lez, busy=rng.uniform(0.6, 1.6), lez_from=c.lez_from)
+            sensed: Site | SensedSite = site
+            ref = c.reference
+            if ref is not None and kit == "air" and len(self.colocated) < len(ref.sensors):
+                lez = inside(ref.lon, ref.lat)
+                site = Site(ref.lat, ref.lon, lez, busy=ref.busy, lez_from=c.lez_from)
+                sensed = SensedSite(site, ref.sensors[len(self.colocated)])
+                self.colocated.append(i)
             dev = device_id(c.seed, i)
             stats = NodeStats(i, dev, kit, "lez" if lez else "outside")
-            board = SimBoard(i, c.state_dir / dev, self.clock, site, kit, rng.getrandbits(32), Faults())
+            board = SimBoard(i, c.state_dir / dev, self.clock, sensed, kit, rng.getrandbits(32), Faults())  # type: ignore[arg-type]
             self.nodes.append(VirtualNode(stats, board, site))
         f = c.faults
         order = list(range(len(self.nodes)))
@@ -231,6 +243,14 @@ class Fleet:
             vn.expected = functools.reduce(lambda x, y: x + y,
                                            (expect.for_span(sp, self.cfg.period, self.end_us) for sp in vn.spans))
             vn.stats.expected = vn.expected.total
+
+    def reference_series(self) -> list:  # type: ignore[type-arg]
+        """The reference station's hourly truth over the run (simulator.reference.hourly); [] without a station."""
+        from kerbside.simulator import reference
+
+        if not self.colocated:
+            return []
+        return reference.hourly(self.nodes[self.colocated[0]].site, self.start, self.end, self.cfg.sample)
 
     def expected(self) -> expect.Expected:
         """Readings the whole fleet must take in the run: interval readings and boot readings."""

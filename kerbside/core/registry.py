@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kerbside.core.errors import ConfigError
 from kerbside.core.files import atomic_write
@@ -46,6 +47,9 @@ class Device:
     password_hash: str = ""
     """mosquitto_passwd-compatible hash ($7$...), empty for certificate-only nodes."""
     extra: dict[str, str] = field(default_factory=dict)
+    calibrations: list[dict[str, Any]] = field(default_factory=list)
+    """Sensor calibrations against a reference station (`kerbside calibrate`; kerbside.analysis.calibration),
+    each for one pollutant and a validity period. Kept here so the coefficients travel with the device."""
 
     @property
     def active(self) -> bool:

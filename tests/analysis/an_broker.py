@@ -1,4 +1,4 @@
-"""A stand-in NGSI-LD broker on loopback for the export tests."""
+"""A stand-in NGSI-LD broker on loopback for the export tests: upsert batches and temporal entities."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Broker:
-    """A stand-in NGSI-LD broker on 127.0.0.1 that records upsert batches (or fails on demand)."""
+    """A stand-in NGSI-LD broker on 127.0.0.1 that records upsert batches and temporal entities (or fails on demand)."""
 
     def __init__(self, status: int = 204) -> None:
         self.batches: list[list[dict]] = []
         self.content_types: list[str] = []
+        self.temporal: list[dict] = []
         broker = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -22,6 +23,10 @@ class Broker:
                     broker.batches.append(json.loads(body))
                     broker.content_types.append(self.headers["Content-Type"])
                     self.send_response(status)
+                elif self.path == "/ngsi-ld/v1/temporal/entities/":
+                    broker.temporal.append(json.loads(body))
+                    broker.content_types.append(self.headers["Content-Type"])
+                    self.send_response(201 if status == 204 else status)
                 else:
                     self.send_response(404)
                 self.send_header("Content-Length", "0")

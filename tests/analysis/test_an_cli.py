@@ -77,14 +77,69 @@ def test_report_cli(run, loaded, tmp_path: Path) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.services
-def test_export_cli(run, loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_export_ngsi_ld_cli(run, loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base = ["--influx", loaded.client.url, "--db", loaded.client.db]
     with Broker() as broker:
         code, out = run("export", "ngsi-ld", "--registry", str(loaded.registry), "--out", str(tmp_path),
                         "--broker", broker.url, *base)
     assert code == 0, out
     air = json.loads((tmp_path / "AirQualityObserved.jsonld").read_text())
-    assert len(air) == 4 * 24 and air[0]["dateObserved"]["value"]["@value"].startswith("2026-04-1")  # default: last day
-    assert f"upserted {sum(len(b) for b in broker.batches)} entities" in out
+    assert len(air) == 4 and air[0]["dateObserved"]["value"]["@value"] == "2026-04-12T21:00:00Z"  # default: last day
+    history = json.loads((tmp_path / "AirQualityObserved.temporal.jsonld").read_text())
+    assert [len(e["no2"]) for e in history] == [24] * 4
+    assert f"sent {sum(len(b) for b in broker.batches) + len(broker.temporal)} entities" in out
+    assert "wrote " in out and "Device.jsonld (6 entities)" in out
     code, out = run("export", "ngsi-ld", "--registry", str(tmp_path / "none.json"), *base)
     assert code == 2 and "missing or empty" in out
+
+
+@pytest.mark.services
+def test_export_csv_and_parquet(run, loaded, sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pandas as pd
+
+    base = ["--influx", loaded.client.url, "--db", loaded.client.db, "--from", "2026-03-20", "--to", "2026-03-21"]
+    code, out = run("export", "csv", "--out", str(tmp_path / "csv"), *base)
+    assert code == 0, out
+    code, out = run("export", "parquet", "--out", str(tmp_path / "pq"), *base)
+    assert code == 0, out
+    assert "hourly-sites.parquet (185 rows)" in out  # 4 devices x 48 h, less out-park's 7 hours without a reading
+    for name in ("hourly-sites", "daily-sites", "hourly-zones", "daily-zones"):
+        c = pd.read_csv(tmp_path / "csv" / f"{name}.csv")
+        p = pd.read_parquet(tmp_path / "pq" / f"{name}.parquet")
+        assert len(c) == len(p) > 0 and list(c.columns) == list(p.columns)
+        assert ("no2_valid" if name.endswith("sites") else "no2_sites") in c and "no2" in c
+    hs = pd.read_parquet(tmp_path / "pq" / "hourly-sites.parquet")
+    assert hs["no2_valid"].dtype == bool and not hs["no2_calibrated"].any()
+    m = sim.minutes
+    one = m[(m["device"] == "a1000003") & (m["time"].dt.floor("h") == pd.Timestamp("2026-03-20T08:00Z"))]
+    row = hs[(hs["device"] == "a1000003") & (hs["time"] == "2026-03-20T08:00:00Z")].iloc[0]
+    assert row["no2"] == pytest.approx(one["no2"].mean(), abs=1e-9) and row["capture"] == 1.0
+    ds = pd.read_csv(tmp_path / "csv" / "daily-sites.csv")
+    park = ds[(ds["device"] == "a1000004") & (ds["day"] == "2026-03-20")].iloc[0]
+    assert park["no2_hours"] == 17 and not park["no2_valid"]  # the injected 7-hour gap: an invalid day, flagged
+    dz = pd.read_csv(tmp_path / "csv" / "daily-zones.csv").set_index(["zone", "day"])
+    outside = ds[(ds["zone"] == "outside") & (ds["day"] == "2026-03-20") & ds["no2_valid"]]
+    assert dz.loc[("outside", "2026-03-20"), "no2_sites"] == 1 == len(outside)  # out-park's invalid day left out
+    assert dz.loc[("outside", "2026-03-20"), "no2"] == pytest.approx(outside["no2"].mean(), abs=1e-3)
+    assert np.isclose(dz.loc[("outside", "2026-03-20"), "sites"], 2)
+
+
+@pytest.mark.services
+def test_recipes_cli(run, loaded) -> None:  # type: ignore[no-untyped-def]
+    code, out = run("recipes", "--influx", loaded.client.url, "--db", loaded.client.db, "--after", "2026-03-30")
+    assert code == 0, out
+    port = loaded.client.url.rsplit(":", 1)[1]
+    assert f"influx -host 127.0.0.1 -port {port} -database an_month -execute" in out
+    assert "site = 'lez-market'" in out and "time >= '2026-03-16T00:00:00+01:00'" in out
+    assert "time >= '2026-03-30T00:00:00+02:00'" in out and "time < '2026-04-13T00:00:00+02:00'" in out
+    assert f'Influx("{loaded.client.url}", "an_month")' in out and "{" not in out.replace("{}", "")
+
+
+def test_calibrate_cli_errors(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ref = tmp_path / "ref.csv"
+    ref.write_text("timestamp,pollutant,value\n2026-03-02T00:00:00Z,NO2,abc\n")
+    code, out = run("calibrate", "--reference", str(ref), "--device", "a1", "--influx", "http://127.0.0.1:9")
+    assert code == 2 and "1 bad line(s), nothing used: line 2: value 'abc' is not a number" in out
+    code, out = run("calibrate", "--reference", str(tmp_path / "none.csv"), "--device", "a1")
+    assert code == 2 and "cannot read the reference series" in out
