@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from kerbside.core.influx import InfluxClient  # noqa: E402
 from kerbside.core.registry import Device, Registry  # noqa: E402
-from kerbside.devstack import CollectorProcess, Influxd, Mosquitto, free_port, wait_for  # noqa: E402
+from kerbside.devstack import CollectorProcess, Influxd, Mosquitto, free_port, headless_chromium, wait_for  # noqa: E402
 from kerbside.simulator.city import CITY_BBOX, inside  # noqa: E402
 from knode import wire  # noqa: E402
 
@@ -109,20 +109,6 @@ def publish(port: int, msgs: list[tuple[str, bytes]]) -> None:
     c.disconnect()
 
 
-def chromium(width: int = 1400, height: int = 1000):  # type: ignore[no-untyped-def]
-    """Debian's headless Chromium through Debian's chromedriver (never a downloaded browser or driver)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--window-size={width},{height}", f"--user-data-dir={tempfile.mkdtemp(prefix='kerbside-chromium-')}"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
-
-
 def page_load_s(driver, url: str, timeout: float = 120) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Navigate and wait until the page has drawn the fleet; times from the browser's own clock."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -178,7 +164,7 @@ def main() -> None:
             print(f"/api/fleet: median {statistics.median(api):.2f} s over {args.runs} (InfluxDB queries "
                   f"{doc['influx']['query_s']:.2f} s, {len(json.dumps(doc)) / 1e6:.1f} MB of JSON, "
                   f"{doc['summary']['problems']} nodes with problems)")
-            driver = chromium()
+            driver = headless_chromium(root / "chromium")
             try:
                 runs = [page_load_s(driver, f"{base}/fleet") for _ in range(args.runs)]
                 if args.screenshot:

@@ -9,8 +9,10 @@ limits) and, added here, only what is dev-specific: anonymous clients on a
 loopback listener, a log file in its state directory. Production brokers are
 configured by `kerbside broker-config` (docs/collector.md).
 
-Also the one way the dev tools wait for something (wait_for) and read the
-collector's /metrics (scrape_metrics, with prometheus_client's own parser).
+Also the one way the dev tools wait for something (wait_for), read the
+collector's /metrics (scrape_metrics, with prometheus_client's own parser) and
+open a page in a real browser (headless_chromium: Debian's chromium through
+Debian's chromium-driver, driven by selenium from the dev extra).
 """
 
 from __future__ import annotations
@@ -385,6 +387,29 @@ class CollectorProcess(Service):
             return scrape_metrics(self.port)
         except OSError:
             return None
+
+
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage")
+"""Headless and quiet: no sandbox (it needs user namespaces containers lack), no GPU, nothing fetched in the
+background; with a fresh profile (--user-data-dir) per start."""
+
+
+def headless_chromium(profile: Path, width: int = 1400, height: int = 1000):  # type: ignore[no-untyped-def]
+    """A selenium WebDriver on Debian's headless Chromium; quit() it. Never downloads a browser or a driver: the
+    driver's path is given, so Selenium Manager stays out of it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    browser, driver = CHROMIUM
+    require("chromium", "chromium")
+    require("chromedriver", "chromium-driver")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in (*CHROMIUM_FLAGS, f"--window-size={width},{height}", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=DriverService(executable_path=driver), options=opts)
 
 
 @contextlib.contextmanager

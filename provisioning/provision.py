@@ -43,6 +43,8 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     selftest: selftest.SelfTest | None = None
     notes: list[str] = field(default_factory=list)
+    cfg: int = 0
+    """Version of the config written to the node (`provision --report`)."""
 
     @property
     def ok(self) -> bool:
@@ -149,6 +151,7 @@ def provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profil
             config = node_config.build(ident.device_id, ident.password, ident.credential, spec, profile, 0, cal)
             config["cfg"] = node_config.next_cfg(existing if existing and existing.get("device") == ident.device_id else None,
                                                  config)
+            out.cfg = config["cfg"]
             say("writing /config.json")
             data = node_config.encode(config)
             if repl.sha256(node_config.CONFIG_PATH) != DeviceFile(node_config.CONFIG_PATH, data).sha256:
