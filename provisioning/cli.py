@@ -177,11 +177,12 @@ def provision_cmd(
                 raise ConfigError("pass --kit and --site (or --batch FILE.csv)")
             spec = NodeSpec(kit=kit, site=site, zone=zone, lat=lat, lon=lon).check()
             rows = [batchmod.Row(0, choose(port), spec)]
-        with console.status("compiling firmware with mpy-cross"):
-            firmware = build(firmware_dir or FIRMWARE)
         from kerbside.provisioning import outputs
 
-        record = outputs.Outputs(label, report, firmware)
+        record = outputs.Outputs(label, report)  # checks the report file before the compile
+        with console.status("compiling firmware with mpy-cross"):
+            firmware = build(firmware_dir or FIRMWARE)
+        record.firmware = outputs.firmware_hash(firmware)
     except KerbsideError as e:  # no node touched yet: a usage error (exit 2), whatever went wrong
         raise ConfigError(str(e)) from e
 

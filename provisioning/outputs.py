@@ -8,21 +8,23 @@ label, and its row says what failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kerbside.provisioning import label as labels
-from kerbside.provisioning.bundle import DeviceFile
 from kerbside.provisioning.report import Report, firmware_hash
+
+__all__ = ["Outputs", "firmware_hash"]
 
 
 class Outputs:
-    def __init__(self, label_dir: Path | None, report: Path | None, firmware: Sequence[DeviceFile]) -> None:
+    def __init__(self, label_dir: Path | None, report: Path | None) -> None:
         """Checks the report file before any node is touched (ConfigError)."""
         self.label_dir = label_dir
         self.report = Report(report).check() if report is not None else None
-        self.firmware = firmware_hash(firmware)
+        self.firmware = ""
+        """firmware_hash() of the files the nodes get, once they are built."""
         self.labels: list[Path] = []
 
     def around(self, row: Any, provision: Callable[[], Any]) -> Any:
