@@ -208,7 +208,7 @@ def watch_cmd(
     device: Annotated[str, typer.Argument(help="The node's 8-hex id (on its label).")],
     every: Annotated[float, typer.Option("--every", help="Seconds between looks.")] = 2.0,
     until_reading: Annotated[bool, typer.Option("--until-reading", help="Stop (exit 0) once the node is online "
-                                                "and a reading of it arrived.")] = False,
+                                                "and a new reading of it arrived while watching.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds (exit 1); 0: never.")] = 0,
     url: UrlOpt = None,
     config: ConfigOpt = None,
@@ -225,6 +225,7 @@ def watch_cmd(
     after = time.time() - 3600
     last_status = last_problems = None
     got_reading = False
+    first = True
     console = Console(highlight=False, soft_wrap=True)
     console.print(f"watching {device} through {api.base} (Ctrl-C stops)")
     try:
@@ -242,7 +243,8 @@ def watch_cmd(
             for r in doc.get("recent") or []:
                 console.print(f"{time.strftime('%H:%M:%S')}  {escape(_reading_line(n['kit'], r))}")
                 after = max(after, float(r["time"]))
-                got_reading = True
+                got_reading = got_reading or not first  # the first look shows the last hour: not an arrival
+            first = False
             if not doc["influx"]["ok"]:
                 console.print(f"[red]InfluxDB did not answer[/]: {escape(doc['influx']['error'])}")
             if until_reading and got_reading and n["state"] == "online":

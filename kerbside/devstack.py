@@ -146,9 +146,17 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def scrape_metrics(port: int, host: str = LOOPBACK, timeout: float = 5.0) -> dict[str, float]:
-    """The collector's /metrics, parsed; raises OSError while the endpoint is not up."""
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
+def scrape_metrics(port: int, host: str = LOOPBACK, timeout: float = 5.0,
+                   auth: tuple[str, str] | None = None) -> dict[str, float]:
+    """The collector's /metrics, parsed, with the operator credential (user, password) if it has one; raises
+    OSError while the endpoint is not up."""
+    headers = {}
+    if auth is not None:
+        import base64
+
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(f"http://{host}:{port}/metrics", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return parse_metrics(r.read().decode())
 
 
@@ -372,7 +380,7 @@ class CollectorProcess(Service):
         def ready() -> bool:
             assert self.proc is not None
             ours = listening(self.proc.pid, self.port) is not False  # not another process's /metrics
-            return ours and scrape_metrics(self.port).get("kerbside_mqtt_subscribed") == 1
+            return ours and (self.metrics() or {}).get("kerbside_mqtt_subscribed") == 1
 
         if wait:
             self._start(launch, ready, (self.log,), timeout)
@@ -383,8 +391,9 @@ class CollectorProcess(Service):
 
     def metrics(self) -> dict[str, float] | None:
         """Its /metrics, or None while the endpoint is not up."""
+        http = self.config().http
         try:
-            return scrape_metrics(self.port)
+            return scrape_metrics(self.port, auth=(http.user, http.password) if http.password else None)
         except OSError:
             return None
 
