@@ -192,7 +192,8 @@ def data_problems(kit: str, data: Data, per_hour: float, hours: int) -> list[Pro
     n = sum(data.counts)
     capture = sum(data.capture) / (per_hour * hours) if hours else 1.0
     if capture < CAPTURE_MIN:
-        out.append(Problem("capture", f"data capture {capture:.0%} over the last {hours} h (valid hours need 75 %)"))
+        out.append(Problem("capture", f"data capture {int(capture * 100 + 0.5)} % over the last {hours} h (valid hours "
+                                      "need 75 %)"))  # rounded as the page rounds
     for channel, part, label in ALWAYS_FITTED.get(kit, ()):
         got = data.channels.get(channel, 0)
         if n and got < CHANNEL_MIN * n:

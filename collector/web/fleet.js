@@ -162,7 +162,7 @@ function renderMap(doc) {
   const w = Math.max((lon1 - lon0) * k, 1e-4), h = Math.max(lat1 - lat0, 1e-4);
   const W = 1000, H = Math.max(200, Math.min(1000, Math.round(W * h / w))), pad = 20;
   svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-  const r = placed.length > 300 ? 4 : 7;
+  const r = placed.length > 300 ? 4 : placed.length > 50 ? 7 : 11;
   // problems drawn last, on top
   const order = [...placed].sort((a, b) => (a.state === "online" && !a.problems.length ? 0 : 1) - (b.state === "online" && !b.problems.length ? 0 : 1));
   for (const n of order) {
