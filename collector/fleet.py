@@ -271,9 +271,7 @@ def select(rows: list[dict[str, Any]], *, offline: bool = False, zone: str | Non
            and (not problems or r["problems"])]
 
     def key(r: dict[str, Any]) -> tuple:
-        v = len(r["problems"]) if sort == "problems" else r.get(sort)
-        if sort == "problems":
-            v = -v  # most problems first by default
+        v = -len(r["problems"]) if sort == "problems" else r.get(sort)  # most problems first by default
         missing = v is None
         return (missing, (0, v) if isinstance(v, (int, float)) else (1, str(v or "")), r["site"], r["id"])
 

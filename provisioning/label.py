@@ -25,6 +25,7 @@ LABEL_MM = (62.0, 29.0)
 DPI = 300
 QUIET = 4
 """Modules of white around the QR, as the standard asks (scanners need it)."""
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 def payload(device_id: str, site: str) -> str:
@@ -44,7 +45,7 @@ def _px(mm: float) -> int:
     return round(mm / 25.4 * DPI)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int, lines: int) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int, lines: int) -> list[str]:
     """Words onto at most `lines` lines of `width` pixels; what does not fit ends in an ellipsis."""
     out: list[str] = []
     line = ""
@@ -64,7 +65,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, wi
     return [_fit(draw, s, font, width) for s in out]
 
 
-def _fit(draw: ImageDraw.ImageDraw, s: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+def _fit(draw: ImageDraw.ImageDraw, s: str, font: Font, width: int) -> str:
     while draw.textlength(s, font=font) > width and len(s) > 1:
         s = s[:-2] + "…"
     return s
