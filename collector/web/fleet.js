@@ -80,7 +80,8 @@ async function load() {
   const wanted = hash.get("node") || state.selected;
   if (wanted && doc.nodes.some((n) => n.id === wanted)) await showNode(wanted);
   const t2 = performance.now();
-  window.kerbsideFleet = { fetch_ms: t1 - t0, render_ms: t2 - t1, ready_ms: t2, nodes: doc.nodes.length };
+  window.kerbsideFleet = { fetch_ms: t1 - t0, render_ms: t2 - t1, ready_ms: t2, nodes: doc.nodes.length,
+                           window: [doc.window.start, doc.window.end] };  // for tests and benchmarks
   document.body.dataset.ready = String((Number(document.body.dataset.ready) || 0) + 1);
   clearTimeout(state.timer);
   state.timer = setTimeout(load, REFRESH_MS);
