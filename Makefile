@@ -15,9 +15,12 @@ PYTEST_ARGS ?=
 # What each command runs, as binary:Debian package. Only missing binaries are installed, one
 # package each: asking apt for a whole list fails on machines whose Node.js comes from NodeSource
 # (its nodejs package conflicts with Debian's npm), and apt-get update is slow. npm is not needed:
-# tests/mpy/install.py fetches the pinned MicroPython VM itself; only node runs it.
+# tests/mpy/install.py fetches the pinned MicroPython VM itself; only node runs it. The fleet page is
+# tested in Debian's headless chromium (through chromium-driver), the alerting rules with promtool
+# (Debian's prometheus package), the node labels' QR codes decoded with zbarimg.
 DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
-TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs chromium:chromium
+TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs chromium:chromium chromedriver:chromium-driver \
+	promtool:prometheus zbarimg:zbar-tools
 
 .PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
 

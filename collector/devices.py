@@ -57,6 +57,13 @@ class DeviceTags:
             log.error("registry reload failed, keeping the previous %d devices: %s", len(self._devices), e)
             self._mtime = mtime
 
+    def known(self) -> dict[str, Device] | None:
+        """Every device in the registry (reloaded if the file changed); None without a registry."""
+        if self.registry is None:
+            return None
+        self._reload()
+        return dict(self._devices)
+
     def tags_for(self, device: str) -> dict[str, str] | None:
         """Tags to add to the device's points; raises Rejected for unknown or decommissioned devices."""
         if self.registry is None:

@@ -9,14 +9,21 @@ families on each scrape, and its exposition writes every digit (a hand-written
 
 The HTTP server is a table of routes ({path: handler}); /metrics and /healthz
 are two of them (health itself is computed in collector/health.py), and more
-pages are more routes.
+pages are more routes (the fleet page: collector/fleet_web.py). It only reads:
+GET alone is served. With a credential every route asks for it (HTTP basic
+auth), Prometheus and the fleet page alike, so nothing is left open by a route
+that forgot to check.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -102,38 +109,84 @@ class _Families(Collector):
             yield family
 
 
-Route = Callable[[], tuple[int, str, bytes]]
-"""An HTTP GET handler: returns (status, content type, body)."""
+@dataclass(frozen=True)
+class Request:
+    """What a route gets of an HTTP GET: its path and its query parameters (the last value of each)."""
+
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def of(target: str) -> Request:
+        parts = urllib.parse.urlsplit(target)
+        return Request(parts.path, dict(urllib.parse.parse_qsl(parts.query)))
+
+
+Response = tuple[int, str, bytes]
+"""(status, content type, body)."""
+Route = Callable[[Request], Response]
+"""An HTTP GET handler."""
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+}
+"""Sent with every answer: the pages load nothing from elsewhere and nothing inline, and are never cached."""
 
 
 def metrics_route(render: Callable[[], bytes]) -> Route:
-    return lambda: (200, CONTENT_TYPE_PLAIN_0_0_4, render())
+    return lambda _req: (200, CONTENT_TYPE_PLAIN_0_0_4, render())
 
 
 def health_route(report: Callable[[], tuple[bool, dict[str, Any]]]) -> Route:
     """ok answers 200, anything else 503 (what load balancers and systemd watchdogs read); the body says why."""
-    def route() -> tuple[int, str, bytes]:
+    def route(_req: Request) -> Response:
         ok, details = report()
         return 200 if ok else 503, "application/json", json.dumps(details, indent=1).encode()
     return route
 
 
+def _authorized(header: str | None, user: str, password: str) -> bool:
+    """HTTP basic auth, compared in constant time."""
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        given = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return False
+    name, _, secret = given.partition(":")
+    return hmac.compare_digest(name.encode(), user.encode()) & hmac.compare_digest(secret.encode(), password.encode())
+
+
 def serve(host: str, port: int, routes: Mapping[str, Route],
-          wrap: Callable[[Callable[[], None]], Callable[[], None]] = lambda run: run) -> ThreadingHTTPServer:
+          wrap: Callable[[Callable[[], None]], Callable[[], None]] = lambda run: run,
+          auth: tuple[str, str] | None = None) -> ThreadingHTTPServer:
     """Serve `routes` ({path: handler}) from a daemon thread; `wrap` wraps the thread's run function (the collector
-    watches its threads with it). More pages are more routes."""
+    watches its threads with it). With `auth` (user, password) every request needs it. More pages are more routes."""
     table = dict(routes)
 
     class Handler(BaseHTTPRequestHandler):
+        server_version = "kerbside"
+        sys_version = ""
+
         def do_GET(self) -> None:
-            route = table.get(self.path.split("?")[0])
-            if route is None:
+            req = Request.of(self.path)
+            extra: dict[str, str] = {}
+            if auth is not None and not _authorized(self.headers.get("Authorization"), *auth):
+                code, ctype, body = 401, "text/plain", b"the operator credential is needed (http.user, http.password)\n"
+                extra["WWW-Authenticate"] = 'Basic realm="kerbside", charset="UTF-8"'
+            elif (route := table.get(req.path)) is None:
                 code, ctype, body = 404, "text/plain", f"try {' or '.join(sorted(table))}\n".encode()
             else:
-                code, ctype, body = route()
+                code, ctype, body = route(req)
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            for k, v in {**SECURITY_HEADERS, **extra}.items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
 

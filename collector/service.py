@@ -40,7 +40,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kerbside.collector import batching, brokerlog, storage
+from kerbside.collector import batching, brokerlog, fleet, fleet_web, storage
 from kerbside.collector.decode import Rejected, decode
 from kerbside.collector.devices import DeviceTags
 from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
@@ -51,8 +51,9 @@ from kerbside.collector.metrics import Metrics, health_route, metrics_route, ser
 from kerbside.collector.session import WINDOW_S, SessionWatch
 from kerbside.collector.spool import Batch, Spool
 from kerbside.core import contract
+from kerbside.core.errors import ConfigError
 from kerbside.core.influx import InfluxAuthError, InfluxDown
-from kerbside.core.settings import Config
+from kerbside.core.settings import Config, is_loopback
 
 log = logging.getLogger("kerbside.collector")
 
@@ -100,6 +101,9 @@ class Blocked:
 
 class Collector:
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time) -> None:
+        if cfg.http.port and not is_loopback(cfg.http.host) and not cfg.http.password:
+            raise ConfigError(f"http.host = {cfg.http.host!r} is not loopback: set http.password (the operator "
+                              "credential for the fleet page, its API and /metrics) or keep http.host on 127.0.0.1")
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
@@ -138,7 +142,8 @@ class Collector:
         self._partial = False
         self._log_sub_mid = -1
         self._refused_logged: dict[str, float] = {}
-        self.online: dict[str, dict[str, Any]] = {}
+        self.online: dict[str, fleet.NodeStatus] = {}
+        """Each device's last status (collector/fleet.py): the online view, the fleet page, the fleet metrics."""
         self.influx_up: bool | None = None
         self._down_until = 0.0
         self._backoff = 0.0
@@ -152,9 +157,11 @@ class Collector:
         self._acks: list[Incoming] = []
         self._dead: list[tuple[str, str, str, bytes]] = []
         self._batch_start = 0.0
+        self.fleet = fleet_web.FleetView(cfg, self.online, self.devices.known, self._gapped, clock)
         self._describe()
         self._checks()
-        self.routes = {"/metrics": metrics_route(self.render_metrics), "/healthz": health_route(self.health)}
+        self.routes = {"/metrics": metrics_route(self.render_metrics), "/healthz": health_route(self.health),
+                       **fleet_web.routes(self.fleet)}
         """The HTTP server's pages; later parts add theirs before run()."""
 
     @property
@@ -209,15 +216,21 @@ class Collector:
             ("kerbside_flushes_total", "counter", "batches made durable", (), None),
             ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked", (), self.unacked),
             ("kerbside_devices_online", "gauge", "devices whose last status says online", (),
-             lambda: sum(1 for s in list(self.online.values()) if s["online"])),
+             lambda: sum(1 for s in list(self.online.values()) if s.online)),
             ("kerbside_devices_offline", "gauge", "devices whose last status says offline (or whose last will fired)", (),
-             lambda: sum(1 for s in list(self.online.values()) if not s["online"])),
+             lambda: sum(1 for s in list(self.online.values()) if not s.online)),
             ("kerbside_device_online", "gauge", "online/offline per registered device (only with registry.path)",
              ("device",), None),
             ("kerbside_internal_errors_total", "counter", "bugs: exceptions outside the decoder's contract, dead threads",
              (), None),
         ):
             m.describe(name, kind, text, labels, read)
+        for name, key, text in fleet_web.METRICS:  # fleet health, by the fleet view's rules
+            m.describe(name, "gauge", text, (), self.fleet.count(key))
+
+    def _gapped(self) -> set[str]:
+        """Devices with open gaps in this collector's sequence tracking."""
+        return {d for d, s in list(self.tracker.devices.items()) if s.gaps}
 
     def _checks(self) -> None:
         """What /healthz reports: one check per part (collector/health.py); 503 when any has a problem."""
@@ -231,8 +244,9 @@ class Collector:
         h.add("dlq", lambda: self._store_check("dlq", self.dlq.dir, self.dlq.bytes, self.dlq.max_bytes))
         h.add("state", lambda: self._store_check("state", self.cfg.state_dir, self.tracker.bytes, self.tracker.max_bytes))
         h.add("unacked", lambda: self.unacked() + self.inbox.qsize())
-        h.add("devices", lambda: {"online": sorted(d for d, s in list(self.online.items()) if s["online"]),
-                                  "offline": sorted(d for d, s in list(self.online.items()) if not s["online"])})
+        h.add("devices", lambda: {"online": sorted(d for d, s in list(self.online.items()) if s.online),
+                                  "offline": sorted(d for d, s in list(self.online.items()) if not s.online)})
+        h.add("fleet", self.fleet.counts)  # informs: a node's problem is not the collector's (the fleet page says which)
         h.add("rejected", lambda: {r: int(self.metrics.get("kerbside_rejected_total", reason=r)) for r in contract.REASONS
                                    if self.metrics.get("kerbside_rejected_total", reason=r)})
 
@@ -428,7 +442,7 @@ class Collector:
             self._reject(topic, "bad_structure", f"internal error: {type(e).__name__}: {e}"[:300], payload)
             return
         if d.kind == "status":
-            self.online[d.device] = {"online": bool(d.online), "since": self.clock(), **(tags or {})}
+            fleet.observe(self.online, d.device, bool(d.online), d.fields, d.synced, self.clock(), item.retain)
             if self.devices.registry is not None:  # without one any id is accepted: no series per device then
                 self.metrics.set("kerbside_device_online", 1 if d.online else 0, device=d.device)
         if copy:
@@ -619,9 +633,11 @@ class Collector:
 
     def start_http(self) -> None:
         if self.cfg.http.port:
-            self._http = serve(self.cfg.http.host, self.cfg.http.port, self.routes,
-                               wrap=lambda run: self._guard("http", run))
-            log.info("metrics on http://%s:%d/metrics, health on /healthz", self.cfg.http.host, self.cfg.http.port)
+            h = self.cfg.http
+            self._http = serve(h.host, h.port, self.routes, wrap=lambda run: self._guard("http", run),
+                               auth=(h.user, h.password) if h.password else None)
+            log.info("metrics on http://%s:%d/metrics, health on /healthz, the fleet on /fleet%s", h.host, h.port,
+                     f" (user {h.user!r} and http.password)" if h.password else "")
 
     def _writer_loop(self) -> None:
         """Commits batches in order while the decoder builds the next one; replays the spool when idle."""
@@ -701,6 +717,7 @@ class Collector:
             self.client.loop_stop()
             self.spool.close()
             self.writer.close()
+            self.fleet.close()
             if self._http is not None:
                 self._http.shutdown()
             self._running = False

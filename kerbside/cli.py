@@ -25,6 +25,7 @@ from kerbside.core.options import ConfigOpt
 # Each module has register(app: typer.Typer). Add a line here for a new area.
 _COMMAND_MODULES = (
     "kerbside.collector.cli",
+    "kerbside.collector.fleet_cli",
     "kerbside.provisioning.cli",
     "kerbside.provisioning.release",
     "kerbside.analysis.cli",

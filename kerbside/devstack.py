@@ -9,8 +9,10 @@ limits) and, added here, only what is dev-specific: anonymous clients on a
 loopback listener, a log file in its state directory. Production brokers are
 configured by `kerbside broker-config` (docs/collector.md).
 
-Also the one way the dev tools wait for something (wait_for) and read the
-collector's /metrics (scrape_metrics, with prometheus_client's own parser).
+Also the one way the dev tools wait for something (wait_for), read the
+collector's /metrics (scrape_metrics, with prometheus_client's own parser) and
+open a page in a real browser (headless_chromium: Debian's chromium through
+Debian's chromium-driver, driven by selenium from the dev extra).
 """
 
 from __future__ import annotations
@@ -144,9 +146,17 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def scrape_metrics(port: int, host: str = LOOPBACK, timeout: float = 5.0) -> dict[str, float]:
-    """The collector's /metrics, parsed; raises OSError while the endpoint is not up."""
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
+def scrape_metrics(port: int, host: str = LOOPBACK, timeout: float = 5.0,
+                   auth: tuple[str, str] | None = None) -> dict[str, float]:
+    """The collector's /metrics, parsed, with the operator credential (user, password) if it has one; raises
+    OSError while the endpoint is not up."""
+    headers = {}
+    if auth is not None:
+        import base64
+
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(f"http://{host}:{port}/metrics", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return parse_metrics(r.read().decode())
 
 
@@ -370,7 +380,7 @@ class CollectorProcess(Service):
         def ready() -> bool:
             assert self.proc is not None
             ours = listening(self.proc.pid, self.port) is not False  # not another process's /metrics
-            return ours and scrape_metrics(self.port).get("kerbside_mqtt_subscribed") == 1
+            return ours and (self.metrics() or {}).get("kerbside_mqtt_subscribed") == 1
 
         if wait:
             self._start(launch, ready, (self.log,), timeout)
@@ -381,10 +391,34 @@ class CollectorProcess(Service):
 
     def metrics(self) -> dict[str, float] | None:
         """Its /metrics, or None while the endpoint is not up."""
+        http = self.config().http
         try:
-            return scrape_metrics(self.port)
+            return scrape_metrics(self.port, auth=(http.user, http.password) if http.password else None)
         except OSError:
             return None
+
+
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage")
+"""Headless and quiet: no sandbox (it needs user namespaces containers lack), no GPU, nothing fetched in the
+background; with a fresh profile (--user-data-dir) per start."""
+
+
+def headless_chromium(profile: Path, width: int = 1400, height: int = 1000):  # type: ignore[no-untyped-def]
+    """A selenium WebDriver on Debian's headless Chromium; quit() it. Never downloads a browser or a driver: the
+    driver's path is given, so Selenium Manager stays out of it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    browser, driver = CHROMIUM
+    require("chromium", "chromium")
+    require("chromedriver", "chromium-driver")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in (*CHROMIUM_FLAGS, f"--window-size={width},{height}", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=DriverService(executable_path=driver), options=opts)
 
 
 @contextlib.contextmanager

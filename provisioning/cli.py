@@ -140,6 +140,13 @@ def provision_cmd(
                                                       "instead of the one shipped with kerbside.")] = None,
     registry: RegistryOpt = None,
     broker_dir: BrokerDirOpt = None,
+    label: Annotated[Path | None, typer.Option("--label", help="Write each node's printable label (PNG with a QR code "
+                                               "of its id and site) into this directory as <id>.png.",
+                                               show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Append a row per node to this file: id, new or kept "
+                                                "identity, kit, site, firmware hash, config version, each self-test "
+                                                "check, time taken (.csv: CSV, else JSON lines).",
+                                                show_default=False)] = None,
 ) -> None:
     """Give a node its identity, config, CA and firmware, then prove it works.
 
@@ -152,6 +159,10 @@ def provision_cmd(
     Example:
 
       kerbside provision --kit air --site "Ringstrasse 12" --zone lez-inner --lat 48.2 --lon 16.37
+
+      kerbside provision --batch nodes.csv --parallel --label labels/ --report depot-log.csv
+
+    Then watch the node come online where it is mounted: kerbside fleet watch ID --until-reading
     """
     from kerbside.core.errors import ConfigError, KerbsideError
     from kerbside.provisioning import batch as batchmod
@@ -176,8 +187,12 @@ def provision_cmd(
         else:
             spec = NodeSpec(kit=kit, site=site, zone=zone, lat=lat, lon=lon).check()
             rows = [batchmod.Row(0, choose(port), spec)]
+        from kerbside.provisioning import outputs
+
+        record = outputs.Outputs(label, report)  # checks the report file before the compile
         with console.status("compiling firmware with mpy-cross"):
             firmware = build(firmware_dir or FIRMWARE)
+        record.firmware = outputs.firmware_hash(firmware)
     except KerbsideError as e:  # no node touched yet: a usage error (exit 2), whatever went wrong
         raise ConfigError(str(e)) from e
 
@@ -223,8 +238,9 @@ def provision_cmd(
             raise batchmod.NoNextNode(f"line {row.line}: the batch was stopped")
 
     def one(row: batchmod.Row, seen: batchmod.Seen, say: Callable[[str], None]):  # type: ignore[no-untyped-def]
-        return provision(row.port, row.spec, prof, reg, firmware, new_identity=new_identity, run_selftest=selftest, say=say,
-                         registered=registered, confirm=confirm, refuse=seen)
+        return record.around(row, lambda: provision(row.port, row.spec, prof, reg, firmware, new_identity=new_identity,
+                                                    run_selftest=selftest, say=say, registered=registered,
+                                                    confirm=confirm, refuse=seen))
 
     if batch is None:
         with console.status("provisioning") as status:
@@ -236,6 +252,10 @@ def provision_cmd(
         _report_one(res.outcome, selftest)
     else:
         results = _run_batch(rows, one, parallel, next_node, live)
+        if record.labels:
+            console.print(f"{len(record.labels)} labels in {label} (<id>.png, print at 300 dpi).")
+    if report is not None:
+        console.print(f"Recorded in {report}.")
     if any(r.outcome is not None and r.outcome.new_secret for r in results):
         _refresh_broker(cfg, reg)  # the broker must learn the new secrets
     if not all(r.ok or (not selftest and r.outcome is not None) for r in results):

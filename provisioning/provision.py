@@ -60,6 +60,8 @@ class Outcome:
     """What changed in the registry entry and the node's config of a node that kept its identity."""
     board: list[str] = field(default_factory=list)
     """What tells this board apart (its device id, its chip's unique id when it has one): a batch refuses it twice."""
+    cfg: int = 0
+    """Version of the config written to the node (`provision --report`)."""
 
     @property
     def ok(self) -> bool:
@@ -229,6 +231,7 @@ def _provision(port: str, spec: node_config.NodeSpec, profile: node_config.Profi
             config = node_config.build(ident.device_id, ident.password, ident.credential, full, profile, 0, cal)
             config["cfg"] = node_config.next_cfg(existing if existing and existing.get("device") == ident.device_id else None,
                                                  config)
+            out.cfg = config["cfg"]
             say("writing /config.json")
             data = node_config.encode(config)
             if repl.sha256(node_config.CONFIG_PATH) != DeviceFile(node_config.CONFIG_PATH, data).sha256:

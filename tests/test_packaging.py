@@ -48,5 +48,7 @@ def test_every_area_and_its_data_is_in_the_wheel(wheel: zipfile.ZipFile) -> None
                    "knode/node.py", "knode/drivers/pms.py"):
         assert module in names, module
     for data in ("kerbside/analysis/limits.json", "kerbside/analysis/templates/report.html",
-                 "kerbside/analysis/schemas/AirQualityObserved.schema.json", "kerbside/collector/deploy/collector.toml"):
+                 "kerbside/analysis/schemas/AirQualityObserved.schema.json", "kerbside/collector/deploy/collector.toml",
+                 "kerbside/collector/deploy/kerbside-alerts.yml", "kerbside/collector/web/fleet.html",
+                 "kerbside/collector/web/fleet.js", "kerbside/collector/web/fleet.css"):
         assert data in names, data

@@ -41,7 +41,7 @@ from kerbside.core.errors import ConfigError
 __all__ = [
     "ENV_CONFIG", "SEARCH_PATH", "AnalysisConfig", "BatchConfig", "BrokerConfig", "Config", "ConfigError", "DlqConfig",
     "FirmwareConfig", "HttpConfig", "InfluxConfig", "LogConfig", "MqttConfig", "NodeConfig", "RegistryConfig",
-    "SpoolConfig", "StateConfig", "child_env", "env_name", "load",
+    "SpoolConfig", "StateConfig", "child_env", "env_name", "is_loopback", "load",
 ]
 
 PREFIX = "KERBSIDE_"
@@ -168,9 +168,16 @@ class RegistryConfig:
 
 @dataclass
 class HttpConfig:
+    """The collector's HTTP server: /metrics, /healthz and the fleet page with its JSON API."""
+
     host: str = "127.0.0.1"
+    """Loopback unless password is set: the collector refuses to serve anything else without the credential."""
     port: int = 9108
-    """0 disables /metrics and /healthz."""
+    """0 disables the HTTP server."""
+    user: str = "operator"
+    """The operator credential's user name (HTTP basic auth)."""
+    password: str = _secret()
+    """Set: every page asks for user and password (Prometheus: basic_auth in the scrape config)."""
 
 
 @dataclass
@@ -552,6 +559,18 @@ def validate(cfg: Config) -> None:
     for w in cfg.node.wifi:
         if set(w) - {"ssid", "psk"}:
             raise ConfigError(f"[[node.wifi]] has ssid and psk, not {', '.join(sorted(set(w) - {'ssid', 'psk'}))}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only takes connections from this machine ("" and 0.0.0.0 take them from anywhere)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to any address
 
 
 def child_env(cfg: Config, base: Mapping[str, str] | None = None) -> dict[str, str]:
