@@ -17,10 +17,11 @@ PYTEST_ARGS ?=
 # (its nodejs package conflicts with Debian's npm), and apt-get update is slow. npm is not needed:
 # tests/mpy/install.py fetches the pinned MicroPython VM itself; only node runs it. The fleet page is
 # tested in Debian's headless chromium (through chromium-driver), the alerting rules with promtool
-# (Debian's prometheus package), the node labels' QR codes decoded with zbarimg.
+# (Debian's prometheus package), the node labels' QR codes decoded with zbarimg. The clustered-broker
+# tests run a local RabbitMQ cluster (kerbside/rabbitmq.py) from Debian's rabbitmq-server.
 DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
 TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs chromium:chromium chromedriver:chromium-driver \
-	promtool:prometheus zbarimg:zbar-tools
+	promtool:prometheus zbarimg:zbar-tools rabbitmq-server:rabbitmq-server
 
 .PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
 
@@ -31,6 +32,9 @@ help:
 	@echo "make lint   ruff"
 
 # $(1): binary:package pairs. Never asks for nodejs when node is there, whoever packaged it.
+# Packages with a service (mosquitto, rabbitmq-server) would start it at install: a policy-rc.d that
+# refuses every start is put in place for the install (unless the machine has one) and removed after,
+# so the tests' own brokers find their ports and epmd free.
 define install_missing
 	@missing=""; \
 	for pair in $(1); do \
@@ -47,8 +51,14 @@ define install_missing
 	    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
 	    else echo "run as root, or as root: apt-get install$$missing"; exit 1; fi; \
 	  fi; \
+	  rcd=/usr/sbin/policy-rc.d; ours=""; \
+	  if [ ! -e $$rcd ]; then \
+	    printf '#!/bin/sh\n# kerbside make: no service starts while packages install\nexit 101\n' | $$sudo tee $$rcd >/dev/null && \
+	    $$sudo chmod 755 $$rcd && ours=1; \
+	  fi; \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  rc=$$?; [ -z "$$ours" ] || $$sudo rm -f $$rcd; exit $$rc; \
 	fi
 endef
 
