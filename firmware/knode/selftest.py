@@ -52,10 +52,12 @@ def _run(checks, board, path, wifi_ms, broker_s):
         _check(checks, "sensors", False, NO_HW)
     elif cfg is None:
         _check(checks, "sensors", False, "needs a valid config")
+    elif asyncio is None or not hasattr(asyncio, "run"):
+        _check(checks, "sensors", False, "no asyncio.run")
     else:
         try:
             from knode import sensors
-            ok, detail = sensors.probe(board, cfg)
+            ok, detail = asyncio.run(sensors.probe(board, cfg))
             _check(checks, "sensors", ok, detail)
         except Exception as e:
             _check(checks, "sensors", False, _err(e))
@@ -92,7 +94,7 @@ async def _network(checks, board, cfg, wifi_ms, broker_s):
         _check(checks, "broker", False, _err(e))
         _check(checks, "publish", False, "needs the broker")
         if client is not None:
-            client.close()
+            await client.aclose()
         return
     try:
         status = {"v": 1, "id": wire.device_bytes(cfg["device"]), "online": True, "t": board.time(),
