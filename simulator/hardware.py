@@ -473,7 +473,8 @@ class SimBoard:
         return (self.clock.now_us() + self.rtc_us) // 1000
 
     def set_time(self, t_ms: int) -> None:
-        self.rtc_us = t_ms * 1000 - self.clock.now_us()
+        """The RTC keeps whole milliseconds of offset, so a deadline computed in ms is met to the ms."""
+        self.rtc_us = round((t_ms * 1000 - self.clock.now_us()) / 1000) * 1000
 
     @property
     def synced(self) -> bool:

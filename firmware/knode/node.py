@@ -86,13 +86,20 @@ class Node:
             expected = period // sample
             now = b.time()
             synced = self.synced
+            k = 0
             if (start is None or last != (period, synced) or now - start > CATCH_UP * period
                     or now < start):
-                start = now - now % period  # (re)align: first interval, new period, clock set or far behind
+                # (re)align: first interval, new period, clock set or far behind. No reading covers
+                # time before power-on, and slots already past are not sampled (capture says so).
+                start = now - now % period
+                if start < self.boot_t:
+                    start += period
+                late = b.time_ms() - start * 1000
+                if late > 0:
+                    k = -(-late // (sample * 1000))
             else:
                 start += period  # late by a little: still one reading per interval, none skipped
             last = (period, synced)
-            k = 0
             while k < expected:
                 await self.sleep_until(start + k * sample)
                 if self.synced != synced:

@@ -40,7 +40,7 @@ def _unix_ms(sec, frac, floor_s):
     t = sec - NTP_UNIX
     while t < floor_s - (ERA >> 1):
         t += ERA
-    return t * 1000 + (frac * 1000 >> 32)
+    return t * 1000 + ((frac * 1000 + (1 << 31)) >> 32)  # nearest ms
 
 
 def parse(reply, nonce, t1_ms, t4_ms, floor_s):
