@@ -8,7 +8,7 @@ import asyncio
 import sys
 
 from knode import backoff, batch, commands, config, net, ntp, ringbuf, sensors, wire
-from knode.hal import MIN_MICROPYTHON
+from knode.hal import MIN_MICROPYTHON, SYNCED_AFTER
 
 FW = "0.2.0"
 DRAIN_GAP_MS = 250    # pause between backlog messages: a bounded drain rate that leaves room for live data
@@ -43,6 +43,7 @@ class Node:
         self.synced_at = 0
         self.ntp_next = 0
         self.ntp_banned = []
+        self.ntp_err = ""
         self.client = None
         self.cmds = []  # (payload or None if too large, packet id)
         self.refused = False  # a command was left with the broker: reconnect once the queue is empty
@@ -58,6 +59,7 @@ class Node:
         self.reboot_requested = False
         self.healthy = False
         self.sampling = True
+        self.running = True
         self.tasks = []
 
     def _clock_floor(self):
@@ -103,17 +105,18 @@ class Node:
             while k < expected:
                 await self.sleep_until(start + k * sample)
                 if self.synced != synced:
-                    moved = start + self.jump
-                    now = b.time()
-                    if moved == now - now % period:
-                        # NTP moved the interval under way onto the UTC grid: it goes on as that
-                        # interval (closing it would give a reading with the same timestamp)
-                        start, synced, last = moved, True, (period, True)
-                        continue
-                    break  # close this interval early: the boot reading, re-stamped when sent
+                    moved = self._on_grid(start, period)
+                    if moved is None:
+                        break  # close this interval early: the boot reading, re-stamped when sent
+                    start, synced, last = moved, True, (period, True)
+                    continue
                 await self.kit.sample()
                 self.alive_t = b.time()
                 k += 1
+            if self.synced != synced:
+                moved = self._on_grid(start, period)
+                if moved is not None:
+                    start, synced, last = moved, True, (period, True)
             if self.synced == synced:
                 await self.sleep_until(start + period)
             samples, values = self.kit.take()
@@ -127,11 +130,20 @@ class Node:
                 self.last_err = "store: %s" % e
             self.wake.set()
 
+    def _on_grid(self, start, period):
+        """Where the interval under way starts on the clock NTP just set, if that is exactly where
+        a UTC interval starts (the node powered on in the first second of a period): then it goes
+        on as that interval - closing it as the boot reading would give two readings with one
+        timestamp, and InfluxDB would keep one. None otherwise."""
+        moved = start + self.jump
+        now = self.board.time()
+        return moved if moved == now - now % period else None
+
     # -- clock ---------------------------------------------------------------
     async def sync_clock(self):
         """Ask each configured time server until one gives a sane answer; set the clock only then."""
         b = self.board
-        floor = self.store.last_time()
+        floor = max(self.store.last_time(), SYNCED_AFTER)
         retry = NTP_RETRY_S
         for host in config.ntp_servers(self.cfg):
             if host in self.ntp_banned:
@@ -147,16 +159,16 @@ class Node:
                     retry = NTP_RATE_S
                 else:
                     self.ntp_banned.append(host)  # DENY, RSTR: never ask it again this boot
-                self.last_err = "NTP %s: %s" % (host, e)
+                self.ntp_err = "%s: %s" % (host, e)
                 continue
             except ntp.NTPError as e:
-                self.last_err = "NTP %s: %s" % (host, e)
+                self.ntp_err = "%s: %s" % (host, e)
                 continue
             local = b.time_ms()
             now_ms += local - t4
             step = now_ms - local
             if self.synced and (step > MAX_STEP_MS or step < -MAX_STEP_MS):
-                self.last_err = "NTP %s: refused a %d s step of a synced clock" % (host, step // 1000)
+                self.ntp_err = "%s: refused a %d s step of a synced clock" % (host, step // 1000)
                 continue
             b.set_time(now_ms)
             jump = (step + 500) // 1000
@@ -211,7 +223,7 @@ class Node:
         bo = backoff.Backoff(b.randbits, 1000, 300000)
         m = self.cfg["mqtt"]
         client = None
-        while True:
+        while self.running:  # besides cancel(): CPython 3.11's wait_for can swallow a cancellation
             self.link_t = b.time()
             up_at = None
             try:
@@ -322,6 +334,7 @@ class Node:
         self.sampling = False
 
     def stop(self):
+        self.running = False
         for t in self.tasks:
             t.cancel()
         if self.client is not None:
