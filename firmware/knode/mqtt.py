@@ -252,10 +252,10 @@ class MQTTClient:
             except MemoryError:
                 payload = None  # nothing of it was read: step over it in small pieces
         await self._skip(left)
-        taken = auto = self.on_message is None
+        auto = self.on_message is None
         if not auto:
             try:
-                taken = self.on_message(topic, None if payload is None else bytes(payload), pid)
+                self.on_message(topic, None if payload is None else bytes(payload), pid)
             except Exception:
                 auto = True  # a message that breaks the handler must not come back on every reconnect
             payload = None

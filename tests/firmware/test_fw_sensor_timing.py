@@ -16,7 +16,7 @@ import pytest
 
 from kerbside.simulator.city import Site
 from kerbside.simulator.clock import US, VirtualClock
-from kerbside.simulator.hardware import Faults, FakeI2C, SimBoard
+from kerbside.simulator.hardware import FakeI2C, Faults, SimBoard
 from knode import config, pins, sensors
 from knode.drivers import sensirion
 
@@ -161,9 +161,9 @@ def test_no2_on_the_esp32_adc_is_oversampled_and_an_ads1115_does_better(tmp_path
 def test_esp32s3_gets_its_own_pins_and_esp32_pins_are_refused_by_name() -> None:
     p = pins.resolve("esp32s3", "air", {})
     assert (p["scl"], p["sda"], p["no2_we"]) == (9, 8, 4)
-    with pytest.raises(config.ConfigError, match="pins.scl: GPIO 22 does not exist on esp32s3"):
+    with pytest.raises(config.ConfigError, match=r"pins\.scl: GPIO 22 does not exist on esp32s3"):
         pins.resolve("esp32s3", "air", {"scl": 22, "sda": 21})
-    with pytest.raises(config.ConfigError, match="pins.det_tx: GPIO 25 does not exist on esp32s3"):
+    with pytest.raises(config.ConfigError, match=r"pins\.det_tx: GPIO 25 does not exist on esp32s3"):
         config.validate(node_config(kit="traffic", board="esp32s3", pins={"det_tx": 25}))
     with pytest.raises(config.ConfigError, match="not an ADC1 pin"):
         pins.resolve("esp32", "air", {"no2_we": 4})

@@ -95,7 +95,7 @@ def test_every_power_cut_position_of_a_session_reopens(flash: list[FlashFS]) -> 
         fs.cut_at = None
         try:
             _check_reopen(log)
-        except Exception as e:  # noqa: BLE001 - say where
+        except Exception as e:
             raise AssertionError(f"power cut at write position {p} of {total}: {e!r}") from e
     POWER_CUT_POSITIONS.append(total + 1)
     print(f"power cuts tried: {total + 1} write positions, every one reopened")
