@@ -36,6 +36,20 @@ SYNCED_AFTER = 1700000000  # no clock NTP ever set reads earlier than Nov 2023
 MIN_MICROPYTHON = (1, 23, 0)  # ssl.SSLContext (micropython-lib over the tls module) and asyncio streams with ssl=
 
 
+def unload(name):
+    """Forget a module used only now and then (pins at start, NTP, commands): its bytecode is
+    ~2-5 KB of GC heap each on a node that loads .mpy files, so it is loaded again when needed.
+    Only on MicroPython: under CPython (the simulator) it would only cost time, and a class
+    imported again is a different class to code that kept the old one."""
+    import sys
+    if sys.implementation.name != "micropython":
+        return
+    sys.modules.pop("knode." + name, None)
+    import knode
+    if hasattr(knode, name):
+        delattr(knode, name)
+
+
 def optional(name):
     """The module, or None where the port does not have it (the VM, CPython)."""
     try:

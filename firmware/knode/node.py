@@ -7,8 +7,8 @@
 import asyncio
 import sys
 
-from knode import backoff, batch, commands, config, net, ntp, ringbuf, sensors, wire
-from knode.hal import MIN_MICROPYTHON, SYNCED_AFTER
+from knode import backoff, batch, net, ringbuf, sensors, wire
+from knode.hal import MIN_MICROPYTHON, SYNCED_AFTER, unload
 
 FW = "0.2.0"
 DRAIN_GAP_MS = 250    # pause between backlog messages: a bounded drain rate that leaves room for live data
@@ -30,7 +30,11 @@ class Node:
         if impl.name == "micropython" and impl.version < MIN_MICROPYTHON:
             raise RuntimeError("knode needs MicroPython %d.%d or newer" % MIN_MICROPYTHON[:2])
         self.board = board
-        self.cfg = cfg if cfg is not None else config.load(board.path(config.PATH))
+        if cfg is None:
+            from knode import config
+            cfg = config.load(board.path(config.PATH))
+            unload("config")  # loaded again by the commands that change the config
+        self.cfg = cfg
         self.did = self.cfg["device"]
         self.dev = wire.device_bytes(self.cfg["device"])
         self.kitno = wire.KITS[self.cfg["kit"]]
@@ -46,6 +50,7 @@ class Node:
         self.ntp_err = ""
         self.client = None
         self.cmds = []  # (payload or None if too large, packet id)
+        self.cmds_done = 0
         self.refused = False  # a command was left with the broker: reconnect once the queue is empty
         self.reconnect_now = False
         self.wake = asyncio.Event()
@@ -142,10 +147,17 @@ class Node:
     # -- clock ---------------------------------------------------------------
     async def sync_clock(self):
         """Ask each configured time server until one gives a sane answer; set the clock only then."""
+        from knode import ntp
+        try:
+            return await self._sync(ntp)
+        finally:
+            unload("ntp")
+
+    async def _sync(self, ntp):
         b = self.board
         floor = max(self.store.last_time(), SYNCED_AFTER)
         retry = NTP_RETRY_S
-        for host in config.ntp_servers(self.cfg):
+        for host in self.cfg["ntp"] or [self.cfg["mqtt"]["host"]]:  # none given: the broker's host
             if host in self.ntp_banned:
                 continue
             nonce = (b.randbits(30) << 34) | (b.randbits(30) << 4) | 1
@@ -268,7 +280,11 @@ class Node:
             self.link_t = b.time()
             while self.cmds:
                 payload, pid = self.cmds.pop(0)
+                from knode import commands
                 await commands.handle(self, client, payload)
+                payload = commands = None
+                unload("commands")
+                self.cmds_done += 1
                 if pid:
                     await client.puback(pid)
                 if self.reboot_requested:

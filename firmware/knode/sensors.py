@@ -5,8 +5,8 @@
 # giving (samples, values) in wire.py's channel order, health() for status.
 # Pins come from knode.pins: the board's defaults (hardware/*.md) with the
 # config's "pins" over them, checked for the board before anything is opened.
-from knode import aggregate, pins, wire
-from knode.drivers import detector, no2, pms, sds011, sensirion
+from knode import aggregate, wire
+from knode.hal import unload
 
 CAPTURE_MS = 3000  # a PM frame comes every 2.3 s in stable mode: wait up to this for one
 POLL_MS = 500
@@ -14,7 +14,11 @@ MIN_SLEEP_S = 10   # duty-cycle the PM laser only if it can sleep at least this 
 
 
 def pin_map(board, cfg):
-    return pins.resolve(cfg.get("board") or board.chip() or "esp32", cfg["kit"], cfg.get("pins") or {})
+    from knode import pins
+    try:
+        return pins.resolve(cfg.get("board") or board.chip() or "esp32", cfg["kit"], cfg.get("pins") or {})
+    finally:
+        unload("pins")  # only needed at start
 
 
 class AirKit:
@@ -27,9 +31,15 @@ class AirKit:
         self.cal = cfg.get("cal") or {}
         self.uart = board.uart(p["pm_uart"], 9600, p["pm_tx"], p["pm_rx"], 512)
         self.sds = p["pm"] == "sds011"
-        self.pm = sds011.Parser() if self.sds else pms.Parser()
+        if self.sds:
+            from knode.drivers import sds011 as pmdrv
+        else:
+            from knode.drivers import pms as pmdrv
+        self.pmdrv = pmdrv  # only the PM sensor this node has is loaded
+        self.pm = pmdrv.Parser()
         self.pm_set = board.pin(p["pm_set"]) if p["pm_set"] is not None and not self.sds else None
         self.pm_silent = 0  # PM slots without a single good frame: a dead or unplugged sensor
+        from knode.drivers import sensirion
         i2c = board.i2c(p["scl"], p["sda"])
         sleep = board.sleep_ms
         self.sht = sensirion.SHT3x(i2c, sleep)
@@ -41,8 +51,10 @@ class AirKit:
                 ads = ads1115.ADS1115(i2c, sleep, p["ads_addr"])
                 we, ae = ads1115.Channel(ads, p["no2_we_ch"]), ads1115.Channel(ads, p["no2_ae_ch"])
             else:
+                from knode.drivers import no2
                 we, ae = no2.Esp32Input(board.adc(p["no2_we"])), no2.Esp32Input(board.adc(p["no2_ae"]))
-            self.no2 = no2.NO2(we, ae, self.cal)
+            from knode.drivers.no2 import NO2
+            self.no2 = NO2(we, ae, self.cal)
         self.awake = True  # a PM sensor runs from power-on until told to sleep
         self.woke_ms = board.ticks_ms()
         self.laser_ms = 0
@@ -56,8 +68,7 @@ class AirKit:
         rest of the interval if that leaves it asleep at least MIN_SLEEP_S."""
         period, sample = self.cfg["period"], self.cfg["sample"]
         last = period // sample - 1
-        warm = sds011.WARMUP_S if self.sds else pms.WARMUP_S
-        wake = (last * sample - warm) // sample
+        wake = (last * sample - self.pmdrv.WARMUP_S) // sample
         if wake < 1 or wake * sample < MIN_SLEEP_S:
             return None
         return last, wake
@@ -72,10 +83,8 @@ class AirKit:
         self.awake = on
         if self.pm_set is not None:
             self.pm_set.value(1 if on else 0)
-        elif self.sds:
-            self.uart.write(sds011.CMD_WAKE if on else sds011.CMD_SLEEP)
         else:
-            self.uart.write(pms.CMD_WAKE if on else pms.CMD_SLEEP)
+            self.uart.write(self.pmdrv.CMD_WAKE if on else self.pmdrv.CMD_SLEEP)
 
     async def _capture(self):
         """The first good frame after this moment, or None (counted) after CAPTURE_MS."""
@@ -106,7 +115,7 @@ class AirKit:
             self._power(plan[1] <= slot <= plan[0])  # asleep outside its window, from power-on on
             read_pm = slot == plan[0]
         if read_pm:
-            warm = (sds011.WARMUP_S if self.sds else pms.WARMUP_S) * 1000
+            warm = self.pmdrv.WARMUP_S * 1000
             if self.awake and b.ticks_ms() - self.woke_ms >= warm:  # never a frame from a sensor warming up
                 pm = await self._capture()
                 if pm is not None:
@@ -148,9 +157,10 @@ class AirKit:
 
 class TrafficKit:
     nch = len(wire.TRAFFIC_CHANNELS)
-    POLL = detector.line("Q", [1])
 
     def __init__(self, board, cfg):
+        from knode.drivers import detector
+        self.POLL = detector.line("Q", [1])
         p = pin_map(board, cfg)
         self.board = board
         self.uart = board.uart(p["det_uart"], 115200, p["det_tx"], p["det_rx"], 4096)
