@@ -16,7 +16,7 @@ DEFAULTS = {
     "v": 1, "site": "", "zone": "", "ntp": [], "period": 60, "sample": 10,
     "status_every": 300, "credential": 1, "cfg": 1, "cal": {}, "pins": {}, "buffer_kb": 512, "board": None,
 }
-MQTT_DEFAULTS = {"port": 8883, "tls": True, "keepalive": 60, "ca": "/ca.pem"}
+MQTT_DEFAULTS = {"port": 8883, "tls": True, "keepalive": 60, "ca": "/ca.pem", "timeout": 10}
 
 
 class ConfigError(ValueError):

@@ -33,10 +33,10 @@ def last_will(cfg):
     return (wire.topic(did, "status"), payload, True)
 
 
-def client_for(board, cfg, on_message=None, timeout=10):
+def client_for(board, cfg, on_message=None, timeout=None):
     m = cfg["mqtt"]
     return MQTTClient(board, cfg["device"], m.get("user") or cfg["device"], m.get("password"), m.get("keepalive", 60),
-                      last_will(cfg), False, on_message, timeout, tls_context(board, m))
+                      last_will(cfg), False, on_message, timeout or m.get("timeout", 10), tls_context(board, m))
 
 
 async def join_wifi(board, cfg, timeout_ms=20000):
