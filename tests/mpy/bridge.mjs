@@ -127,6 +127,11 @@ export function installNet(mp, opts = {}) {
       });
     },
     state(id) { const s = get(id); return s ? s.state : 2; },
+    avail(id) { const s = get(id); return s ? s.rxBytes : 0; },
+    room(id) { const s = get(id); return s && s.state === 0 && !faults.stall && !s.stalled ? window - s.inflight : 0; },
+    // Run JS's garbage collector (node --expose-gc): a promise the VM awaited keeps a Python
+    // callback alive on the JS side until then, which would count as the node's heap.
+    gc() { if (globalThis.gc) globalThis.gc(); return 0; },
     close(id) {
       const s = get(id);
       if (!s) return 0;

@@ -112,14 +112,16 @@ class Stream:
         mv = memoryview(self.out_buf)
         off = 0
         while off < len(mv):
-            await jsnet.writable(self.sid)
+            if not jsnet.room(self.sid):
+                await jsnet.writable(self.sid)  # each awaited promise costs a JS<->Python proxy: only when needed
             off += self._put(mv[off:])
         self.out_buf = b""
 
     async def readexactly(self, n):
         r = b""
         while n:
-            await jsnet.readable(self.sid)
+            if not jsnet.avail(self.sid):
+                await jsnet.readable(self.sid)
             d = self.f.read(n)
             if d:
                 r += d

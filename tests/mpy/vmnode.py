@@ -3,15 +3,23 @@
 # drain after it. /run.json says when; the last line is "KS_NODE {json}" for the test.
 #   on_us, end_us, cut_us (or null): simulated instants; speedup; kit; root (the flash);
 #   faults: [[from_us, to_us, "down"|"wifi"|"stall"], ...]; drain_s: real seconds to empty the buffer.
-import asyncio
 import gc
+
+gc.collect()
+heap0 = gc.mem_alloc()  # the VM itself
+import asyncio
 import json
 import time
 
 import jsnet
 import vmboard
 
+gc.collect()
+heap1 = gc.mem_alloc()  # + asyncio and the VM board (what machine/network are on a device)
 from knode import node
+
+gc.collect()
+heap2 = gc.mem_alloc()  # + the firmware's bytecode (in flash on a frozen or ROMFS build)
 
 with open("/run.json") as f:
     P = json.load(f)
@@ -44,8 +52,6 @@ def wdt_check():
 
 
 board.on_reset = finish
-gc.collect()
-base = gc.mem_alloc()  # the VM board and the harness, before the firmware
 n = node.Node(board)
 for f in P["faults"]:
     if f[0] < P["end_us"]:
@@ -63,6 +69,8 @@ driver = asyncio.create_task(clock.drive())
 peak = 0
 while not done.is_set():
     await asyncio.sleep_ms(40)  # noqa: F704 - the VM runs this at the top level
+    jsnet.gc()  # JS drops the Python callbacks of settled promises...
+    await asyncio.sleep_ms(0)  # noqa: F704 - ...its finalizers run...
     gc.collect()  # at the top level after an await: the only place this port frees garbage
     a = gc.mem_alloc()
     if a > peak:
@@ -77,7 +85,8 @@ while not done.is_set():
             finish("drain timeout")
 out = {"reason": R["reason"], "produced": n.produced, "sent": n.sent, "buffered": len(n.store),
        "drops": n.store.drops, "boot": n.store.boot, "next_seq": n.store.next_seq, "synced": n.synced,
-       "last_err": n.last_err, "peak_heap": peak, "harness_heap": base, "instants": clock.instants,
+       "last_err": n.last_err, "peak_heap": peak, "heap_vm": heap0, "heap_board": heap1 - heap0,
+       "heap_code": heap2 - heap1, "peak_node": peak - heap1, "instants": clock.instants,
        "now_us": clock.now, "wdt_feeds": board.wdt.feeds if board.wdt else 0, "open_sockets": jsnet.open_count(),
        "net": json.loads(jsnet.stats()), "cmds_done": getattr(n, "cmds_done", 0)}
 print("KS_NODE " + json.dumps(out))

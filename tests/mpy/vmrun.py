@@ -61,7 +61,7 @@ class VMNode:
         run.write_text(json.dumps({"on_us": on_us, "end_us": end_us, "cut_us": cut_us, "speedup": speedup,
                                    "kit": self.kit, "root": "/flash", "faults": [list(f) for f in faults],
                                    "drain_s": drain_s}))
-        args = ["node", str(HERE / "run.mjs"), "--heap", str(HEAP), "--lib", str(self.build / "lib" / "knode"),
+        args = ["node", "--expose-gc", str(HERE / "run.mjs"), "--heap", str(HEAP), "--lib", str(self.build / "lib" / "knode"),
                 "--file", f"{self.build / 'vmboard.mpy'}=/lib/vmboard.mpy",
                 "--file", f"{self.build / 'ssl.mpy'}=/lib/ssl.mpy",
                 "--file", f"{run}=/run.json", "--flash", f"{self.flash}=/flash", "--net"]
