@@ -147,3 +147,60 @@ def test_two_nodes_in_the_vm_deliver_every_reading_through_outage_relay_cut_stal
     rows = influx.query("SELECT \"cmd\", \"ok\" FROM \"ack\" WHERE \"device\" = '0a1b2c3d'")
     assert rows and [77, True] in [v[1:] for v in rows[0]["values"]], "the ack went through the collector too"
     print("VM nodes:", json.dumps(report))
+
+
+def _tls_broker(tmp_path: Path, name: str, ca: object) -> tuple[object, int]:
+    from kerbside.devstack import Mosquitto
+    from kerbside.provisioning import pki
+
+    d = tmp_path / name
+    d.mkdir()
+    server = pki.issue_server_cert(ca, ["127.0.0.1"])  # type: ignore[arg-type]
+    (d / "ca.pem").write_bytes(ca.cert_pem)  # type: ignore[attr-defined]
+    (d / "server.pem").write_bytes(server.cert_pem)
+    (d / "server.key").write_bytes(server.key_pem)
+    port = free_port()
+    extra = (f"listener {port} 127.0.0.1\ncafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
+             f"keyfile {d / 'server.key'}\n")
+    return Mosquitto(name, d, free_port(), extra=extra).start(), port
+
+
+def test_the_node_in_the_vm_verifies_the_broker_certificate(firmware: Path, tmp_path: Path) -> None:
+    """Its own TLS code path (knode.net.tls_context with micropython-lib's ssl semantics, tests/mpy/vmssl.py)
+    against real TLS listeners: the city's broker is accepted, a broker with another CA's certificate is not."""
+    from kerbside.provisioning import pki
+
+    city_ca, rogue_ca = pki.generate_ca("city CA"), pki.generate_ca("someone on the same Wi-Fi")
+    city, city_port = _tls_broker(tmp_path, "city", city_ca)
+    rogue, rogue_port = _tls_broker(tmp_path, "rogue", rogue_ca)
+    seen: dict[int, list[str]] = {city_port: [], rogue_port: []}
+    subs = []
+    try:
+        for broker, port in ((city, city_port), (rogue, rogue_port)):
+            c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+            c.on_message = lambda cl, u, m, p=port: seen[p].append(m.topic)
+            c.connect("127.0.0.1", broker.port)  # type: ignore[attr-defined]
+            c.subscribe("kerbside/v1/#", 1)
+            c.loop_start()
+            subs.append(c)
+        time.sleep(0.5)
+        start = (int(time.time()) // 3600 - 2) * 3600 * US
+        on = expect.first_power_on(start, PERIOD)
+        results = {}
+        for port, dev in ((city_port, "0c17ca00"), (rogue_port, "0c17ca01")):
+            node = vmrun.VMNode(firmware, tmp_path / f"flash-{dev}", "traffic",
+                                _cfg(dev, "traffic", port, tls=True, ca="/ca.pem"), tmp_path / f"work-{dev}")
+            (node.flash / "ca.pem").write_bytes(city_ca.cert_pem)
+            results[port] = node.wait(node.start(on, start + 10 * MIN, 100, drain_s=3)).result
+    finally:
+        for c in subs:
+            c.loop_stop()
+            c.disconnect()
+        city.stop()  # type: ignore[attr-defined]
+        rogue.stop()  # type: ignore[attr-defined]
+    assert results[city_port]["reason"] == "drained", results
+    assert results[city_port]["sent"] == results[city_port]["produced"]
+    assert "kerbside/v1/0c17ca00/readings" in seen[city_port]
+    assert results[rogue_port]["sent"] == 0 and results[rogue_port]["buffered"] == results[rogue_port]["produced"]
+    assert seen[rogue_port] == [], "nothing of the node's reached the impostor: not even a status"
+    assert "certificate" in results[rogue_port]["last_err"] or "111" not in results[rogue_port]["last_err"]

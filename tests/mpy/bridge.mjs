@@ -25,6 +25,7 @@ export function installNet(mp, opts = {}) {
   let next = 1;
   const faults = { down: false, stall: false, wifi: false };
   const stats = { opened: 0, closed: 0, bytesOut: 0, bytesIn: 0 };
+  let lastError = "";
   const major = 64;
   try { FS.mkdir("/dev/sock"); } catch (e) { /* exists */ }
 
@@ -79,8 +80,14 @@ export function installNet(mp, opts = {}) {
       let done = false;
       const fail = (code) => { if (!done) { done = true; resolve(code); } finish(s, 2); };
       if (useTls) {
-        sock = tls.connect({ host, port, ca: ca || undefined, servername: servername || undefined,
-          rejectUnauthorized: !!verify, checkServerIdentity: verify ? undefined : () => undefined });
+        // verify: the certificate chain and the name, as mbedTLS with CERT_REQUIRED and a server
+        // hostname; not: nothing is checked (CERT_NONE). An IP is checked against the certificate's
+        // IP addresses; SNI carries only names (RFC 6066).
+        const o = { host, port, rejectUnauthorized: !!verify };
+        if (ca) o.ca = ca;
+        if (servername && net.isIP(servername) === 0) o.servername = servername;
+        if (!verify) o.checkServerIdentity = () => undefined;
+        sock = tls.connect(o);
         sock.on("secureConnect", () => { if (!done) { done = true; ready(); } });
       } else {
         sock = net.connect({ host, port });
@@ -105,7 +112,7 @@ export function installNet(mp, opts = {}) {
       });
       sock.on("end", () => finish(s, 1));
       sock.on("close", () => finish(s, s.state || 1));
-      sock.on("error", (e) => fail(-(e.errno ? Math.abs(e.errno) : 104)));
+      sock.on("error", (e) => { lastError = String(e.code || e.message); fail(-(e.errno ? Math.abs(e.errno) : 104)); });
     });
   }
 
@@ -151,6 +158,7 @@ export function installNet(mp, opts = {}) {
       return 0;
     },
     wifi() { return faults.wifi ? 0 : 1; },
+    error() { return lastError; },
     open_count() { return socks.size; },
     stats() { return JSON.stringify(stats); },
   };

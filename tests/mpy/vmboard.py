@@ -365,7 +365,7 @@ class VMBoard:
             ca = ssl._ca.decode() if ssl._ca else None
             sid = await jsnet.open(host, port, 1, ca, host, 1 if ssl.verify_mode == 2 else 0)
         if sid < 0:
-            raise OSError(-sid, "connect failed")
+            raise OSError(-sid, jsnet.error() or "connect failed")
         s = Stream(sid)
         return s, s
 

@@ -75,9 +75,9 @@ while not done.is_set():
     a = gc.mem_alloc()
     if a > peak:
         peak = a
-    for t in n.tasks:
-        if t.done():
-            finish("task ended")
+    for i, t in enumerate(n.tasks):
+        if t.done() and (i or R["ended_at"] is None):  # the sampler ends at the end of the run
+            finish("task %d ended" % i)
     if R["ended_at"] is not None:
         if not len(n.store):
             finish("drained")
