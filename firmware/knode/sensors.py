@@ -9,7 +9,8 @@ from knode import aggregate, wire
 from knode.hal import unload
 
 CAPTURE_MS = 3000  # a PM frame comes every 2.3 s in stable mode: wait up to this for one
-POLL_MS = 500
+FIRST_MS = 2300
+POLL_MS = 350
 MIN_SLEEP_S = 10   # duty-cycle the PM laser only if it can sleep at least this long per interval
 
 
@@ -90,9 +91,11 @@ class AirKit:
         """The first good frame after this moment, or None (counted) after CAPTURE_MS."""
         self.uart.read()  # bytes from before this slot
         waited = 0
+        step = FIRST_MS  # one frame period first: in stable mode the frame is there by then
         while waited < CAPTURE_MS:
-            await self.board.sleep_ms(POLL_MS)
-            waited += POLL_MS
+            await self.board.sleep_ms(step)
+            waited += step
+            step = POLL_MS
             data = self.uart.read()
             if data:
                 pm = self.pm.feed(data)
