@@ -75,6 +75,11 @@ class VClock:
                 if wait > 0:
                     await asyncio.sleep_ms(min(wait, 20))  # a sleeper may arrive earlier meanwhile
                     continue
+                if wait < -100:
+                    # Behind (a busy host): go on from here at `speedup`, never faster, so a real-time
+                    # network wait never spans more simulated time than it would on schedule.
+                    self.r0 = time.ticks_ms()
+                    self.v0 = self.now
                 self.now = nxt
                 self.instants += 1
             if hook:
