@@ -8,7 +8,7 @@ import asyncio
 import sys
 
 from knode import backoff, batch, net, ringbuf, sensors, wire
-from knode.hal import MIN_MICROPYTHON, SYNCED_AFTER, unload
+from knode.hal import MIN_MICROPYTHON, unload
 
 FW = "0.2.0"
 DRAIN_GAP_MS = 250    # pause between backlog messages: a bounded drain rate that leaves room for live data
@@ -149,54 +149,9 @@ class Node:
         """Ask each configured time server until one gives a sane answer; set the clock only then."""
         from knode import ntp
         try:
-            return await self._sync(ntp)
+            return await ntp.sync(self)
         finally:
             unload("ntp")
-
-    async def _sync(self, ntp):
-        b = self.board
-        floor = max(self.store.last_time(), SYNCED_AFTER)
-        retry = NTP_RETRY_S
-        for host in self.cfg["ntp"] or [self.cfg["mqtt"]["host"]]:  # none given: the broker's host
-            if host in self.ntp_banned:
-                continue
-            nonce = (b.randbits(30) << 34) | (b.randbits(30) << 4) | 1
-            t1 = b.time_ms()
-            reply = await b.udp_exchange(host, ntp.NTP_PORT, ntp.request(nonce), ntp.TIMEOUT_MS)
-            t4 = b.time_ms()
-            try:
-                now_ms, _ = ntp.parse(reply, nonce, t1, t4, floor)
-            except ntp.KissOfDeath as e:
-                if e.code == "RATE":
-                    retry = NTP_RATE_S
-                else:
-                    self.ntp_banned.append(host)  # DENY, RSTR: never ask it again this boot
-                self.ntp_err = "%s: %s" % (host, e)
-                continue
-            except ntp.NTPError as e:
-                self.ntp_err = "%s: %s" % (host, e)
-                continue
-            local = b.time_ms()
-            now_ms += local - t4
-            step = now_ms - local
-            if self.synced and (step > MAX_STEP_MS or step < -MAX_STEP_MS):
-                self.ntp_err = "%s: refused a %d s step of a synced clock" % (host, step // 1000)
-                continue
-            b.set_time(now_ms)
-            jump = (step + 500) // 1000
-            if not self.synced:
-                self.jump = jump
-                self.store.set_offset(jump)
-                self.boot_t += jump
-                self.synced = True
-            self.alive_t += jump
-            self.link_t += jump
-            self.synced_at = b.time()
-            self.store.set_lkg(self.synced_at)
-            self.ntp_next = self.synced_at + RESYNC_S
-            return True
-        self.ntp_next = b.time() + retry
-        return False
 
     # -- status --------------------------------------------------------------
     def status(self):
@@ -284,6 +239,7 @@ class Node:
                 await commands.handle(self, client, payload)
                 payload = commands = None
                 unload("commands")
+                unload("config")
                 self.cmds_done += 1
                 if pid:
                     await client.puback(pid)

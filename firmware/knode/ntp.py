@@ -81,3 +81,53 @@ def parse(reply, nonce, t1_ms, t4_ms, floor_s):
     if now < floor_s * 1000:
         raise NTPError("time %d is before the last known good time %d" % (now // 1000, floor_s))
     return now, rtt
+
+
+async def sync(node):
+    """Ask each of the node's time servers until one gives a sane answer; set the clock only then.
+    Here rather than in knode.node so its bytecode is in RAM only while the node asks."""
+    from knode import node as node_mod
+    from knode.hal import SYNCED_AFTER
+    b = node.board
+    floor = max(node.store.last_time(), SYNCED_AFTER)
+    retry = node_mod.NTP_RETRY_S
+    for host in node.cfg["ntp"] or [node.cfg["mqtt"]["host"]]:  # none given: the broker's host
+        if host in node.ntp_banned:
+            continue
+        nonce = (b.randbits(30) << 34) | (b.randbits(30) << 4) | 1
+        t1 = b.time_ms()
+        reply = await b.udp_exchange(host, NTP_PORT, request(nonce), TIMEOUT_MS)
+        t4 = b.time_ms()
+        try:
+            now_ms, _ = parse(reply, nonce, t1, t4, floor)
+        except KissOfDeath as e:
+            if e.code == "RATE":
+                retry = node_mod.NTP_RATE_S
+            else:
+                node.ntp_banned.append(host)  # DENY, RSTR: never ask it again this boot
+            node.ntp_err = "%s: %s" % (host, e)
+            continue
+        except NTPError as e:
+            node.ntp_err = "%s: %s" % (host, e)
+            continue
+        local = b.time_ms()
+        now_ms += local - t4
+        step = now_ms - local
+        if node.synced and (step > node_mod.MAX_STEP_MS or step < -node_mod.MAX_STEP_MS):
+            node.ntp_err = "%s: refused a %d s step of a synced clock" % (host, step // 1000)
+            continue
+        b.set_time(now_ms)
+        jump = (step + 500) // 1000
+        if not node.synced:
+            node.jump = jump
+            node.store.set_offset(jump)
+            node.boot_t += jump
+            node.synced = True
+        node.alive_t += jump
+        node.link_t += jump
+        node.synced_at = b.time()
+        node.store.set_lkg(node.synced_at)
+        node.ntp_next = node.synced_at + node_mod.RESYNC_S
+        return True
+    node.ntp_next = b.time() + retry
+    return False

@@ -20,6 +20,7 @@ def pin_map(board, cfg):
         return pins.resolve(cfg.get("board") or board.chip() or "esp32", cfg["kit"], cfg.get("pins") or {})
     finally:
         unload("pins")  # only needed at start
+        unload("config")  # pins imported it for ConfigError
 
 
 class AirKit:
@@ -188,25 +189,3 @@ class TrafficKit:
 
 def make(board, cfg):
     return AirKit(board, cfg) if cfg["kit"] == "air" else TrafficKit(board, cfg)
-
-
-async def probe(board, cfg):
-    """Self-test: (ok, detail) after one short read of every sensor of the kit."""
-    kit = make(board, cfg)
-    if cfg["kit"] == "traffic":
-        await board.sleep_ms(500)
-        data = kit.uart.read()
-        alive = kit.parser.feed(data, kit.agg.vehicle) if data else 0
-        return bool(alive), "detector answered" if alive else "detector silent on UART"
-    got = []
-    bad = []
-    kit._power(True)
-    (got if await kit._capture() else bad).append("pm")
-    (got if await kit.sht.read() else bad).append("sht3x")
-    if kit.scd is not None:
-        await kit.scd.start()
-        await board.sleep_ms(5500)  # the first periodic measurement
-        (got if await kit.scd.read() else bad).append("scd4x")
-    if kit.no2 is not None:
-        (got if await kit.no2.read(None) is not None else bad).append("no2")
-    return not bad, "ok: %s; failed: %s" % (",".join(got) or "-", ",".join(bad) or "-")

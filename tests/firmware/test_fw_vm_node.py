@@ -139,6 +139,7 @@ def test_two_nodes_in_the_vm_deliver_every_reading_through_outage_relay_cut_stal
             assert stored() == produced, "every reading taken is in InfluxDB, once"
             report[kit] = {k: max(b.result[k] for b in node.boots)
                            for k in ("peak_heap", "heap_vm", "heap_board", "heap_code", "peak_node")}
+            report[kit]["at_peak"] = max(node.boots, key=lambda b: b.result["peak_heap"]).result["at_peak"]
     finally:
         collector.stop()
     assert ack == {"v": 1, "id": bytes.fromhex("0a1b2c3d"), "cmd": 77, "ok": True, "cfg": 2}

@@ -9,6 +9,7 @@ gc.collect()
 heap0 = gc.mem_alloc()  # the VM itself
 import asyncio
 import json
+import sys
 import time
 
 import jsnet
@@ -67,6 +68,7 @@ clock.at(P["on_us"] + 10 * US, wdt_check)
 n.start()
 driver = asyncio.create_task(clock.drive())
 peak = 0
+at_peak = []
 while not done.is_set():
     await asyncio.sleep_ms(40)  # noqa: F704 - the VM runs this at the top level
     jsnet.gc()  # JS drops the Python callbacks of settled promises...
@@ -75,6 +77,8 @@ while not done.is_set():
     a = gc.mem_alloc()
     if a > peak:
         peak = a
+        at_peak = [m for m in sys.modules if m.startswith("knode")]
+        at_peak.append("buffered=%d cmds=%d connected=%s" % (len(n.store), len(n.cmds), n.client is not None))
     for i, t in enumerate(n.tasks):
         if t.done() and (i or R["ended_at"] is None):  # the sampler ends at the end of the run
             finish("task %d ended" % i)
@@ -88,5 +92,5 @@ out = {"reason": R["reason"], "produced": n.produced, "sent": n.sent, "buffered"
        "last_err": n.last_err, "peak_heap": peak, "heap_vm": heap0, "heap_board": heap1 - heap0,
        "heap_code": heap2 - heap1, "peak_node": peak - heap1, "instants": clock.instants,
        "now_us": clock.now, "wdt_feeds": board.wdt.feeds if board.wdt else 0, "open_sockets": jsnet.open_count(),
-       "net": json.loads(jsnet.stats()), "cmds_done": getattr(n, "cmds_done", 0)}
+       "net": json.loads(jsnet.stats()), "cmds_done": getattr(n, "cmds_done", 0), "at_peak": at_peak}
 print("KS_NODE " + json.dumps(out))
