@@ -173,6 +173,8 @@ class Node:
             self.healthy = True
             from knode import ota
             ota.healthy(self.board)  # an update that got this far is kept
+            ota = None
+            unload("ota")  # once per boot: not worth its bytecode in RAM afterwards
 
     # -- link ----------------------------------------------------------------
     def on_message(self, topic, payload, pid):
