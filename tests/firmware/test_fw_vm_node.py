@@ -165,8 +165,9 @@ def _tls_broker(tmp_path: Path, name: str, ca: object) -> tuple[object, int]:
     (d / "server.pem").write_bytes(server.cert_pem)
     (d / "server.key").write_bytes(server.key_pem)
     port = free_port()
-    extra = (f"listener {port} 127.0.0.1\ncafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
-             f"keyfile {d / 'server.key'}\n")
+    # per_listener_settings (the production base): this listener says who may connect on it
+    extra = (f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {d / 'ca.pem'}\n"
+             f"certfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n")
     return Mosquitto(name, d, free_port(), extra=extra).start(), port
 
 
