@@ -44,7 +44,7 @@ def wire_and_flash(tmp: Path) -> None:
     rng = random.Random(1)
     t0 = 1767225600
     for kit, gen in (("air", _air_values), ("traffic", _traffic_values)):
-        store = ringbuf.Store(str(tmp / f"buf-{kit}"), max_records=4000)
+        store = ringbuf.Store(str(tmp / f"buf-{kit}"), 256 * 4096)
         for i in range(1440):  # one day of 1-minute readings offline
             store.append(t0 + 60 * i, True, 60, 6, 6, gen(site, t0 + 60 * i, rng))
         flash = sum(f.stat().st_size for f in (tmp / f"buf-{kit}").iterdir())

@@ -3,7 +3,8 @@
 # After a city-wide outage every node loses Wi-Fi and the broker at the same
 # moment; without jitter they would all retry at the same moments and knock
 # the broker over again. "Full jitter": each wait is uniform in
-# [base, min(cap, base * 2**attempt)], so retries spread out and still grow.
+# [base, min(cap, base * 2**(attempt + 1))], so retries spread out and still
+# grow - the first one too (1-2 s), or the whole fleet would retry at 1 s.
 
 
 class Backoff:
@@ -14,7 +15,7 @@ class Backoff:
         self.attempt = 0
 
     def next_ms(self):
-        hi = self.base << min(self.attempt, 20)
+        hi = self.base << min(self.attempt + 1, 20)
         if hi > self.cap:
             hi = self.cap
         self.attempt += 1

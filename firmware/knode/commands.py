@@ -16,8 +16,11 @@ def ack_payload(node, cmd, ok, err=None):
 
 
 async def handle(node, client, payload):
+    """Run one command and publish its ack. payload None: too large to hold in RAM (refused, once)."""
     cmd = 0
     try:
+        if payload is None:
+            raise ValueError("too large for the node")
         c = cbor.loads(payload)
         if not isinstance(c, dict) or c.get("v") != 1 or not isinstance(c.get("cmd"), int):
             raise ValueError("not a v1 command map")

@@ -9,11 +9,14 @@ import os
 from knode import wire
 
 PATH = "/config.json"
+# "ntp": [] means the broker's host: the city runs its own time server there (the NTP Pool's
+# rules forbid a fleet defaulting to pool.ntp.org without a vendor zone). "board": None means
+# the chip the node runs on (knode.pins).
 DEFAULTS = {
-    "v": 1, "site": "", "zone": "", "ntp": ["pool.ntp.org"], "period": 60, "sample": 10,
-    "status_every": 300, "credential": 1, "cfg": 1, "cal": {}, "pins": {}, "buffer_kb": 512,
+    "v": 1, "site": "", "zone": "", "ntp": [], "period": 60, "sample": 10,
+    "status_every": 300, "credential": 1, "cfg": 1, "cal": {}, "pins": {}, "buffer_kb": 512, "board": None,
 }
-MQTT_DEFAULTS = {"port": 8883, "tls": True, "keepalive": 60, "ca": "/ca.pem"}
+MQTT_DEFAULTS = {"port": 8883, "tls": True, "keepalive": 60, "ca": "/ca.pem", "timeout": 10}
 
 
 class ConfigError(ValueError):
@@ -56,10 +59,22 @@ def validate(cfg):
         raise ConfigError("sample: more than 3600 samples per period")
     if not isinstance(cfg["cal"], dict) or not isinstance(cfg["pins"], dict):
         raise ConfigError("cal/pins: need objects")
+    if not isinstance(cfg["ntp"], list) or any(not isinstance(h, str) or not h for h in cfg["ntp"]):
+        raise ConfigError("ntp: need a list of time server names (empty: the broker's host)")
+    if not isinstance(cfg["buffer_kb"], int) or cfg["buffer_kb"] < 16:
+        raise ConfigError("buffer_kb: need an integer >= 16")
+    if cfg["board"] is not None:
+        from knode import pins
+        pins.resolve(cfg["board"], cfg["kit"], cfg["pins"])  # a config for another board fails here, named
     return cfg
 
 
+def ntp_servers(cfg):
+    return cfg["ntp"] or [cfg["mqtt"]["host"]]
+
+
 def load(path=PATH):
+    _remove(path + ".tmp")  # a save() a power cut interrupted: the old config is still whole
     try:
         with open(path) as f:
             cfg = json.load(f)
@@ -75,4 +90,11 @@ def save(cfg, path=PATH):
     with open(tmp, "w") as f:
         json.dump(cfg, f)
     os.rename(tmp, path)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 

@@ -6,15 +6,24 @@ from knode.mqtt import MQTTClient
 
 def tls_context(board, mcfg):
     """An SSL context that verifies the broker against the provisioned CA, or None without TLS.
-    PROTOCOL_TLS_CLIENT verifies the certificate and host name by default on MicroPython and CPython."""
+
+    Made once per boot (the node keeps one client): parsing the CA and setting up mbedTLS again on
+    every reconnect costs heap each time. micropython-lib's ssl.SSLContext starts with
+    verify_mode = CERT_NONE, whatever the protocol, so CERT_REQUIRED is set here explicitly (on
+    CPython it is already the default for PROTOCOL_TLS_CLIENT); the host name is checked against
+    the certificate because the board passes server_hostname. Without a CA nothing could be
+    verified: refuse rather than connect to whoever answers."""
     if not mcfg.get("tls"):
         return None
     import ssl
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca = mcfg.get("ca")
-    if ca:
-        with open(board.path(ca), "rb") as f:
-            ctx.load_verify_locations(cadata=f.read())
+    if not ca:
+        raise ValueError("mqtt.tls needs mqtt.ca: without a CA the broker cannot be verified")
+    with open(board.path(ca), "rb") as f:
+        cadata = f.read()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=cadata)
     return ctx
 
 
@@ -24,10 +33,10 @@ def last_will(cfg):
     return (wire.topic(did, "status"), payload, True)
 
 
-def client_for(board, cfg, on_message=None, timeout=10):
+def client_for(board, cfg, on_message=None, timeout=None):
     m = cfg["mqtt"]
-    return MQTTClient(cfg["device"], m.get("user") or cfg["device"], m.get("password"), m.get("keepalive", 60),
-                      last_will(cfg), False, on_message, timeout, tls_context(board, m))
+    return MQTTClient(board, cfg["device"], m.get("user") or cfg["device"], m.get("password"), m.get("keepalive", 60),
+                      last_will(cfg), False, on_message, timeout or m.get("timeout", 10), tls_context(board, m))
 
 
 async def join_wifi(board, cfg, timeout_ms=20000):
@@ -62,4 +71,3 @@ def rssi(board):
         return max(-127, min(0, int(r)))
     except Exception:
         return 0
-

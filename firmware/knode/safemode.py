@@ -49,21 +49,26 @@ class Safe:
                 "fw": self.fw, "kit": wire.KITS[self.cfg["kit"]], "up": max(0, b.time() - self.boot_t),
                 "cfg": self.cfg["cfg"], "safe": self.why[:120]}
 
-    def on_message(self, topic, payload):
-        if len(self.cmds) < 8:
-            self.cmds.append(payload)
+    def on_message(self, topic, payload, pid):
+        """As the node does: take it if there is room (acknowledged to the broker once handled), else leave
+        it with the broker, which redelivers it at the next connection."""
         self.wake.set()
+        if len(self.cmds) >= 4:
+            return False
+        self.cmds.append((payload, pid))
+        return True
 
     async def link(self, until):
         b = self.board
         bo = backoff.Backoff(b.randbits, 1000, 60000)
         m = self.cfg["mqtt"]
+        client = None
         while not self.reboot_requested and b.time() < until:
-            client = None
             try:
                 if not await net.join_wifi(b, self.cfg):
                     raise OSError("no Wi-Fi")
-                client = net.client_for(b, self.cfg, self.on_message)
+                if client is None:
+                    client = net.client_for(b, self.cfg, self.on_message)  # once: one TLS context per boot
                 await client.connect(m["host"], m["port"])
                 await client.subscribe(wire.topic(self.did, "cmd"), 1)
                 bo.reset()
@@ -71,7 +76,10 @@ class Safe:
                 while client.connected and not self.reboot_requested and b.time() < until:
                     self.progress_t = b.time()
                     while self.cmds and not self.reboot_requested:
-                        await commands.handle(self, client, self.cmds.pop(0))
+                        payload, pid = self.cmds.pop(0)
+                        await commands.handle(self, client, payload)
+                        if pid:
+                            await client.puback(pid)
                     if self.status_due:
                         await client.publish(wire.topic(self.did, "status"), wire.encode_status(self.status()), 1, True)
                         self.status_due = False
@@ -87,8 +95,9 @@ class Safe:
                     await client.disconnect()
             except Exception:
                 pass
+            self.cmds = []  # not acknowledged: the broker sends them again
             if client is not None:
-                client.close()
+                await client.aclose()
             self.progress_t = b.time()
             if not self.reboot_requested and b.time() < until:
                 await b.sleep_ms(bo.next_ms())

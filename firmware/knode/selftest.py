@@ -52,10 +52,11 @@ def _run(checks, board, path, wifi_ms, broker_s):
         _check(checks, "sensors", False, NO_HW)
     elif cfg is None:
         _check(checks, "sensors", False, "needs a valid config")
+    elif asyncio is None or not hasattr(asyncio, "run"):
+        _check(checks, "sensors", False, "no asyncio.run")
     else:
         try:
-            from knode import sensors
-            ok, detail = sensors.probe(board, cfg)
+            ok, detail = asyncio.run(_probe(board, cfg))
             _check(checks, "sensors", ok, detail)
         except Exception as e:
             _check(checks, "sensors", False, _err(e))
@@ -92,7 +93,7 @@ async def _network(checks, board, cfg, wifi_ms, broker_s):
         _check(checks, "broker", False, _err(e))
         _check(checks, "publish", False, "needs the broker")
         if client is not None:
-            client.close()
+            await client.aclose()
         return
     try:
         status = {"v": 1, "id": wire.device_bytes(cfg["device"]), "online": True, "t": board.time(),
@@ -103,3 +104,26 @@ async def _network(checks, board, cfg, wifi_ms, broker_s):
     except Exception as e:
         _check(checks, "publish", False, _err(e))
     await client.disconnect()
+
+
+async def _probe(board, cfg):
+    """Self-test: (ok, detail) after one short read of every sensor of the kit."""
+    from knode import sensors
+    kit = sensors.make(board, cfg)
+    if cfg["kit"] == "traffic":
+        await board.sleep_ms(500)
+        data = kit.uart.read()
+        alive = kit.parser.feed(data, kit.agg.vehicle) if data else 0
+        return bool(alive), "detector answered" if alive else "detector silent on UART"
+    got = []
+    bad = []
+    kit._power(True)
+    (got if await kit._capture() else bad).append("pm")
+    (got if await kit.sht.read() else bad).append("sht3x")
+    if kit.scd is not None:
+        await kit.scd.start()
+        await board.sleep_ms(5500)  # the first periodic measurement
+        (got if await kit.scd.read() else bad).append("scd4x")
+    if kit.no2 is not None:
+        (got if await kit.no2.read(None) is not None else bad).append("no2")
+    return not bad, "ok: %s; failed: %s" % (",".join(got) or "-", ",".join(bad) or "-")

@@ -1,81 +1,140 @@
 # kerbside node firmware - the sensor set of each kit.
 #
 # A kit object is what the core's sampler sees: sample() once per sample slot
-# (async: the PM laser warm-up waits), take() at the end of an interval
+# (async: sensors need time to answer), take() at the end of an interval
 # giving (samples, values) in wire.py's channel order, health() for status.
-# Pin numbers come from config "pins" (defaults: hardware/air-kit.md and
-# hardware/traffic-kit.md).
+# Pins come from knode.pins: the board's defaults (hardware/*.md) with the
+# config's "pins" over them, checked for the board before anything is opened.
 from knode import aggregate, wire
-from knode.drivers import detector, no2, pms, sds011, sensirion
+from knode.hal import unload
 
-AIR_PINS = {"pm": "pms5003", "pm_uart": 1, "pm_tx": 17, "pm_rx": 16, "scl": 22, "sda": 21,
-            "no2_we": 34, "no2_ae": 35, "co2": 1, "no2": 1}
-TRAFFIC_PINS = {"det_uart": 2, "det_tx": 25, "det_rx": 26}
+CAPTURE_MS = 3000  # a PM frame comes every 2.3 s in stable mode: wait up to this for one
+FIRST_MS = 2300
+POLL_MS = 350
+MIN_SLEEP_S = 10   # duty-cycle the PM laser only if it can sleep at least this long per interval
 
 
-def _pins(cfg, defaults):
-    p = dict(defaults)
-    p.update(cfg.get("pins") or {})
-    return p
+def pin_map(board, cfg):
+    from knode import pins
+    try:
+        return pins.resolve(cfg.get("board") or board.chip() or "esp32", cfg["kit"], cfg.get("pins") or {})
+    finally:
+        unload("pins")  # only needed at start
+        unload("config")  # pins imported it for ConfigError
 
 
 class AirKit:
     nch = len(wire.AIR_CHANNELS)
 
     def __init__(self, board, cfg):
-        p = _pins(cfg, AIR_PINS)
+        p = pin_map(board, cfg)
         self.board = board
+        self.cfg = cfg  # the node's config dict: set_interval changes it in place
         self.cal = cfg.get("cal") or {}
-        self.sample_s = cfg["sample"]
         self.uart = board.uart(p["pm_uart"], 9600, p["pm_tx"], p["pm_rx"], 512)
-        self.pm = sds011.Parser() if p["pm"] == "sds011" else pms.Parser()
-        self.pms = p["pm"] != "sds011"
+        self.sds = p["pm"] == "sds011"
+        if self.sds:
+            from knode.drivers import sds011 as pmdrv
+        else:
+            from knode.drivers import pms as pmdrv
+        self.pmdrv = pmdrv  # only the PM sensor this node has is loaded
+        self.pm = pmdrv.Parser()
+        self.pm_set = board.pin(p["pm_set"]) if p["pm_set"] is not None and not self.sds else None
+        self.pm_silent = 0  # PM slots without a single good frame: a dead or unplugged sensor
+        from knode.drivers import sensirion
         i2c = board.i2c(p["scl"], p["sda"])
-        self.sht = sensirion.SHT3x(i2c)
-        self.scd = sensirion.SCD4x(i2c) if p["co2"] else None
+        sleep = board.sleep_ms
+        self.sht = sensirion.SHT3x(i2c, sleep)
+        self.scd = sensirion.SCD4x(i2c, sleep) if p["co2"] else None
         self.no2 = None
         if p["no2"]:
-            self.no2 = no2.NO2(board.adc(p["no2_we"]), board.adc(p["no2_ae"]), self.cal)
-        if self.scd is not None:
-            try:
-                self.scd.start()
-            except OSError:
-                self.scd.errors += 1
-        # Duty-cycle the laser only when there is time to warm up between samples.
-        self.duty = self.pms and self.sample_s >= 2 * pms.WARMUP_S
-        self.laser_s = 0
+            if p["no2_adc"] == "ads1115":
+                from knode.drivers import ads1115
+                ads = ads1115.ADS1115(i2c, sleep, p["ads_addr"])
+                we, ae = ads1115.Channel(ads, p["no2_we_ch"]), ads1115.Channel(ads, p["no2_ae_ch"])
+            else:
+                from knode.drivers import no2
+                we, ae = no2.Esp32Input(board.adc(p["no2_we"])), no2.Esp32Input(board.adc(p["no2_ae"]))
+            from knode.drivers.no2 import NO2
+            self.no2 = NO2(we, ae, self.cal)
+        self.awake = True  # a PM sensor runs from power-on until told to sleep
+        self.woke_ms = board.ticks_ms()
+        self.laser_ms = 0
         self.agg = aggregate.Mean(self.nch)
         self.vals = [None] * self.nch
-        if self.duty:
-            self.uart.write(pms.CMD_SLEEP)
+
+    # -- PM duty cycle -------------------------------------------------------
+    def _plan(self):
+        """(slot where PM is read, slot where the sensor is woken) for this interval, or None to
+        run it continuously: it is read in the last slot, after a full warm-up, and sleeps the
+        rest of the interval if that leaves it asleep at least MIN_SLEEP_S."""
+        period, sample = self.cfg["period"], self.cfg["sample"]
+        last = period // sample - 1
+        wake = (last * sample - self.pmdrv.WARMUP_S) // sample
+        if wake < 1 or wake * sample < MIN_SLEEP_S:
+            return None
+        return last, wake
+
+    def _power(self, on):
+        if on == self.awake:
+            return
+        now = self.board.ticks_ms()
+        if not on:
+            self.laser_ms += now - self.woke_ms
+        self.woke_ms = now
+        self.awake = on
+        if self.pm_set is not None:
+            self.pm_set.value(1 if on else 0)
+        else:
+            self.uart.write(self.pmdrv.CMD_WAKE if on else self.pmdrv.CMD_SLEEP)
+
+    async def _capture(self):
+        """The first good frame after this moment, or None (counted) after CAPTURE_MS."""
+        self.uart.read()  # bytes from before this slot
+        waited = 0
+        step = FIRST_MS  # one frame period first: in stable mode the frame is there by then
+        while waited < CAPTURE_MS:
+            await self.board.sleep_ms(step)
+            waited += step
+            step = POLL_MS
+            data = self.uart.read()
+            if data:
+                pm = self.pm.feed(data)
+                if pm is not None:
+                    return pm
+        self.pm_silent += 1
+        return None
 
     async def sample(self):
         v = self.vals
         for i in range(self.nch):
             v[i] = None
-        if self.duty:
-            self.uart.write(pms.CMD_WAKE)
-            await self.board.sleep_ms(pms.WARMUP_S * 1000)
-            self.laser_s += pms.WARMUP_S
+        b = self.board
+        plan = self._plan()
+        if plan is None:
+            self._power(True)
+            read_pm = True
         else:
-            self.laser_s += self.sample_s
-        self.uart.read()  # stale bytes from before this slot
-        await self.board.sleep_ms(1500)  # a frame arrives every ~1 s in active mode
-        data = self.uart.read()
-        pm = self.pm.feed(data) if data else None
-        if self.duty:
-            self.uart.write(pms.CMD_SLEEP)
-        if pm is not None:
-            v[0], v[1], v[2] = pm
-        th = self.sht.read()
+            slot = (b.time() % self.cfg["period"]) // self.cfg["sample"]
+            self._power(plan[1] <= slot <= plan[0])  # asleep outside its window, from power-on on
+            read_pm = slot == plan[0]
+        if read_pm:
+            warm = self.pmdrv.WARMUP_S * 1000
+            if self.awake and b.ticks_ms() - self.woke_ms >= warm:  # never a frame from a sensor warming up
+                pm = await self._capture()
+                if pm is not None:
+                    v[0], v[1], v[2] = pm
+            if plan is not None:
+                self._power(False)
+        th = await self.sht.read()
         if th is not None:
             v[3], v[4] = th
         if self.scd is not None:
-            c = self.scd.read()
+            c = await self.scd.read()
             if c is not None:
                 v[7] = c[0]
         if self.no2 is not None:
-            v[6] = self.no2.read(v[3])
+            v[6] = await self.no2.read(v[3])
         cal = self.cal
         if v[3] is not None and "temp_offset" in cal:
             v[3] += int(cal["temp_offset"])  # enclosure self-heating, measured at install
@@ -86,8 +145,13 @@ class AirKit:
     def take(self):
         return self.agg.take()
 
+    def laser_s(self):
+        on = self.board.ticks_ms() - self.woke_ms if self.awake else 0
+        return (self.laser_ms + on) // 1000
+
     def health(self):
-        h = {"pm_err": self.pm.bad_checksum, "th_err": self.sht.errors, "laser_h": self.laser_s // 3600}
+        h = {"pm_err": self.pm.bad_checksum + self.pm_silent, "th_err": self.sht.errors,
+             "laser_h": self.laser_s() // 3600}
         if self.scd is not None:
             h["co2_err"] = self.scd.errors
         if self.no2 is not None:
@@ -97,10 +161,11 @@ class AirKit:
 
 class TrafficKit:
     nch = len(wire.TRAFFIC_CHANNELS)
-    POLL = detector.line("Q", [1])
 
     def __init__(self, board, cfg):
-        p = _pins(cfg, TRAFFIC_PINS)
+        from knode.drivers import detector
+        self.POLL = detector.line("Q", [1])
+        p = pin_map(board, cfg)
         self.board = board
         self.uart = board.uart(p["det_uart"], 115200, p["det_tx"], p["det_rx"], 4096)
         self.parser = detector.Parser()
@@ -124,33 +189,3 @@ class TrafficKit:
 
 def make(board, cfg):
     return AirKit(board, cfg) if cfg["kit"] == "air" else TrafficKit(board, cfg)
-
-
-def _sleep_ms(board, ms):
-    """Blocking sleep for the self-test (no event loop there); the simulator's board scales it."""
-    if hasattr(board, "block_ms"):
-        board.block_ms(ms)
-        return
-    import time
-    time.sleep_ms(ms)
-
-
-def probe(board, cfg):
-    """Self-test: (ok, detail) after one short read of every sensor of the kit."""
-    kit = make(board, cfg)
-    if cfg["kit"] == "traffic":
-        _sleep_ms(board, 500)
-        data = kit.uart.read()
-        alive = kit.parser.feed(data, kit.agg.vehicle) if data else 0
-        return bool(alive), "detector answered" if alive else "detector silent on UART"
-    got = []
-    bad = []
-    _sleep_ms(board, 1500)
-    data = kit.uart.read()
-    (got if data and kit.pm.feed(data) else bad).append("pm")
-    (got if kit.sht.read() else bad).append("sht3x")
-    if kit.scd is not None:
-        (got if kit.scd.read() else bad).append("scd4x")
-    if kit.no2 is not None:
-        (got if kit.no2.read(None) is not None else bad).append("no2")
-    return not bad, "ok: %s; failed: %s" % (",".join(got) or "-", ",".join(bad) or "-")

@@ -275,7 +275,9 @@ class NodeConfig:
     """A network tried before the ones in wifi (--wifi-ssid)."""
     wifi_psk: str = _secret()
     """Its key: environment or file only, never a flag (ps would show it)."""
-    ntp: list[str] = field(default_factory=lambda: ["pool.ntp.org"])
+    ntp: list[str] = field(default_factory=list)
+    """Time servers nodes ask, in order; empty: the broker's host (run the city's NTP server there). Never a public
+    pool by default: the NTP Pool's rules forbid a fleet defaulting to pool.ntp.org without a vendor zone."""
     period: int = 60
     """Seconds per reading; analysis expects 3600/period readings per hour."""
     sample: int = 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -16,11 +17,20 @@ from kerbside.simulator.hardware import Faults, SimBoard
 SITE = Site(48.207, 16.37, True, busy=1.2)
 
 
+class TCPBoard:
+    """Just the network of a board (knode.hal): plain asyncio connections, for MQTT client tests."""
+
+    async def open_connection(self, host: str, port: int, ssl: object = None) -> tuple:
+        if ssl is None:
+            return await asyncio.open_connection(host, port)
+        return await asyncio.open_connection(host, port, ssl=ssl, server_hostname=host)
+
+
 def node_config(device: str = "00c0ffee", kit: str = "air", port: int = 1883, **over: object) -> dict:
     cfg = {"v": 1, "device": device, "kit": kit, "site": "test", "zone": "lez",
            "wifi": [{"ssid": "test", "psk": "secret"}],
            "mqtt": {"host": "127.0.0.1", "port": port, "tls": False, "user": device, "password": "", "keepalive": 60},
-           "ntp": ["pool.ntp.org"], "period": 60, "sample": 10, "status_every": 300, "credential": 1, "cfg": 1,
+           "ntp": [], "period": 60, "sample": 10, "status_every": 300, "credential": 1, "cfg": 1,
            "cal": {}, "pins": {}}
     cfg.update(over)
     return cfg

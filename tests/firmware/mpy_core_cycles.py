@@ -26,7 +26,7 @@ class Core:
 
     def __init__(self):
         self.rand = Rand()
-        self.store = ringbuf.Store("/buf", max_records=320)
+        self.store = ringbuf.Store("/buf", 7 * 4096)
         self.agg = aggregate.Mean(8)
         self.traffic = aggregate.Traffic()
         self.bo = backoff.Backoff(self.rand, 1000, 300000)
@@ -69,7 +69,7 @@ class Core:
             store.ack(recs[n - 1][0])
         if cycle % 1000 == 999:  # a reboot: the state must come back from flash alone
             before = (store.next_seq, store.head, store.drops, store.boot + 1)
-            self.store = ringbuf.Store("/buf", max_records=320)
+            self.store = ringbuf.Store("/buf", 7 * 4096)
             s = self.store
             if (s.next_seq, s.head, s.drops, s.boot) != before:
                 st["restored_ok"] = False

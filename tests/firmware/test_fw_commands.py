@@ -12,6 +12,7 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
+from kerbside.devstack import Mosquitto, free_port
 from knode import cbor, node
 
 from .conftest import node_config
@@ -168,3 +169,42 @@ def test_reboot_command_acks_says_offline_and_resets(mosquitto, make_board) -> N
     assert ack == {"v": 1, "id": bytes.fromhex(DEV), "cmd": 31, "ok": True, "cfg": 1}
     assert isinstance(exc, Reboot)  # machine.reset() on the device
     assert statuses[-1] == {"v": 1, "id": bytes.fromhex(DEV), "online": False}
+
+
+@pytest.mark.services
+def test_a_burst_of_commands_loses_none_and_an_oversize_one_is_refused_once(make_board, tmp_path) -> None:
+    """More commands than the node takes at once stay with the broker (acknowledged only once handled), and a
+    command too large for the node's RAM is refused with one ack instead of killing the connection on every
+    redelivery (a reconnect loop).
+
+    kerbside's own broker config (max_packet_size) already refuses such a command at the broker; the node must
+    not depend on that (another broker, e.g. RabbitMQ, has other limits), so this broker lets it through."""
+    broker = Mosquitto("mosquitto", tmp_path / "broker", free_port(), extra="max_packet_size 65536\n").start()
+    board = make_board(node_config(device=DEV, port=broker.port), speedup=50)
+    link = Link(broker.port)
+
+    async def go() -> tuple[list[dict], int]:
+        n = node.Node(board)
+        n.start()
+        try:
+            await _until(lambda: n.client is not None and n.client.connected and n.last_state is not None)
+            big = cbor.dumps({"v": 1, "cmd": 200, "op": "status", "pad": b"x" * 20000})
+            link.c.publish(f"kerbside/v1/{DEV}/cmd", big, qos=1)
+            for i in range(12):
+                link.send({"v": 1, "cmd": 100 + i, "op": "status"})
+            acks = [await _ack(link, 20) for _ in range(13)]
+            with pytest.raises(queue.Empty):
+                await asyncio.to_thread(link.acks.get, True, 2)  # nothing comes back a second time
+            return acks, n.cmds_done
+        finally:
+            n.stop()
+
+    try:
+        acks, done = asyncio.run(go())
+    finally:
+        link.close()
+        broker.stop()
+    assert sorted(a["cmd"] for a in acks) == [0, *range(100, 112)] and done == 13
+    big = next(a for a in acks if a["cmd"] == 0)
+    assert big["ok"] is False and "too large" in big["err"]
+    assert all(a["ok"] for a in acks if a["cmd"])

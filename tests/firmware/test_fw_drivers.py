@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from knode import aggregate
@@ -104,19 +106,30 @@ class TestSensirion:
             buf[:] = self.answer[: len(buf)]
 
     def test_scd4x_reads_and_counts_errors(self) -> None:
-        bus = self.FakeBus(bytes.fromhex("03202a6667a25eb93c"))
-        s = sensirion.SCD4x(bus)
-        assert s.read() == (800, 250, 370)
-        assert bus.written == [(0x62, b"\xec\x05")]
+        bus = self.FakeBus(bytes.fromhex("03202a6667a25eb93c"))  # also answers data-ready: 0x0320 & 0x7ff != 0
+        waits: list[int] = []
+        s = sensirion.SCD4x(bus, _sleeper(waits))
+        assert asyncio.run(s.read()) == (800, 250, 370)
+        assert bus.written == [(0x62, b"\x21\xb1"), (0x62, b"\xe4\xb8"), (0x62, b"\xec\x05")]
+        assert waits == [1, 1], "the datasheet's 1 ms after each command"
         bus.answer = bytes.fromhex("03202b6667a25eb93c")
-        assert s.read() is None and s.errors == 1
-        assert sensirion.SCD4x(self.FakeBus(b"", fail=True)).read() is None
+        assert asyncio.run(s.read()) is None and s.errors == 1
+        assert asyncio.run(sensirion.SCD4x(self.FakeBus(b"", fail=True), _sleeper([])).read()) is None
 
-    def test_sht3x_single_shot(self) -> None:
+    def test_sht3x_single_shot_waits_for_the_conversion(self) -> None:
         bus = self.FakeBus(bytes.fromhex("6667a25eb93c"))
-        s = sensirion.SHT3x(bus)
-        assert s.read() == (250, 370)
+        waits: list[int] = []
+        s = sensirion.SHT3x(bus, _sleeper(waits))
+        assert asyncio.run(s.read()) == (250, 370)
         assert bus.written == [(0x44, b"\x24\x00")]
+        assert waits == [16], "15.5 ms conversion (high repeatability) before the read"
+
+
+def _sleeper(log: list[int]):  # type: ignore[no-untyped-def]
+    async def sleep_ms(ms: int) -> None:
+        log.append(ms)
+
+    return sleep_ms
 
 
 class TestNO2:
@@ -142,8 +155,8 @@ class TestNO2:
             def read_uv(self) -> int:
                 return self.uv
 
-        s = no2.NO2(ADC(3_000_000), ADC(280_000), {"we0": 300.0, "ae0": 280.0, "sens": 0.25})
-        assert s.read(200) is None and s.errors == 1
+        s = no2.NO2(no2.Esp32Input(ADC(3_000_000)), no2.Esp32Input(ADC(280_000)), {"we0": 300.0, "ae0": 280.0, "sens": 0.25})
+        assert asyncio.run(s.read(200)) is None and s.errors == 1
 
 
 class TestDetector:

@@ -12,6 +12,8 @@ import pytest
 
 from knode import mqtt, wire
 
+from .conftest import TCPBoard
+
 # docs/wire/vectors.json "status_last_will"
 LAST_WILL = bytes.fromhex("a36176016269644400c0ffee666f6e6c696e65f4")
 
@@ -61,7 +63,7 @@ def sub(mosquitto) -> Iterator[callable]:
 
 def _client(**kw: object) -> mqtt.MQTTClient:
     will = (wire.topic("00c0ffee", "status"), LAST_WILL, True)
-    return mqtt.MQTTClient(kw.pop("client_id", "00c0ffee"), will=will, timeout=5, **kw)
+    return mqtt.MQTTClient(TCPBoard(), kw.pop("client_id", "00c0ffee"), will=will, timeout=5, **kw)
 
 
 @pytest.mark.services
@@ -87,7 +89,7 @@ def test_last_will_is_published_retained_on_abrupt_disconnect(mosquitto, sub) ->
         c = _client()
         await c.connect("127.0.0.1", mosquitto.port)
         await c.publish(wire.topic("00c0ffee", "status"), b"\xa0", 1, True)  # an "online" status first
-        c.close()  # socket dropped without DISCONNECT: what a node losing power looks like
+        await c.aclose()  # socket dropped without DISCONNECT: what a node losing power looks like
 
     s = sub("kerbside/v1/00c0ffee/status")
     asyncio.run(go())
@@ -109,7 +111,7 @@ def test_clean_disconnect_sends_no_last_will(mosquitto, sub) -> None:
 
     async def go() -> None:
         will = (wire.topic("0c1ea000", "status"), b"\xf4", False)
-        c = mqtt.MQTTClient("0c1ea000", will=will, timeout=5)
+        c = mqtt.MQTTClient(TCPBoard(), "0c1ea000", will=will, timeout=5)
         await c.connect("127.0.0.1", mosquitto.port)
         await c.disconnect()
 
@@ -122,7 +124,7 @@ def test_incoming_commands_reach_the_callback(mosquitto) -> None:
     got: list[tuple[str, bytes]] = []
 
     async def go() -> None:
-        c = _client(client_id="c0dec0de", on_message=lambda t, p: got.append((t, p)))
+        c = _client(client_id="c0dec0de", on_message=lambda t, p, pid: got.append((t, p)) is None)
         await c.connect("127.0.0.1", mosquitto.port)
         await c.subscribe("kerbside/v1/c0dec0de/cmd", 1)
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
@@ -158,7 +160,7 @@ async def _silent_broker(connack: bytes = b"\x20\x02\x00\x00") -> tuple[asyncio.
 def test_puback_wait_is_bounded() -> None:
     async def go() -> float:
         server, port = await _silent_broker()
-        c = mqtt.MQTTClient("0000beef", timeout=0.3)
+        c = mqtt.MQTTClient(TCPBoard(), "0000beef", timeout=0.3)
         await c.connect("127.0.0.1", port)
         t0 = time.monotonic()
         with pytest.raises(mqtt.MQTTError, match="no acknowledgement"):
@@ -174,7 +176,7 @@ def test_puback_wait_is_bounded() -> None:
 def test_refused_connection_names_the_reason() -> None:
     async def go() -> None:
         server, port = await _silent_broker(b"\x20\x02\x00\x05")
-        c = mqtt.MQTTClient("0000beef", timeout=2)
+        c = mqtt.MQTTClient(TCPBoard(), "0000beef", timeout=2)
         with pytest.raises(mqtt.MQTTError, match="not authorised"):
             await c.connect("127.0.0.1", port)
         assert not c.connected

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def _firmware(tmp: Path, fw: str, node_extra: str = "") -> list[tuple[str, bytes
     d = tmp / f"fw-{fw}"
     shutil.copytree(FIRMWARE, d, ignore=shutil.ignore_patterns("__pycache__"))
     node = d / "knode" / "node.py"
-    node.write_text(node.read_text().replace('FW = "0.1.0"', f'FW = "{fw}"') + node_extra)
+    node.write_text(re.sub(r'^FW = "[^"]*"', f'FW = "{fw}"', node.read_text(), count=1, flags=re.M) + node_extra)
     assert firmware_version(d) == fw
     return release_files(build(d))
 

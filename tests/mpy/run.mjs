@@ -1,6 +1,7 @@
 // Run a MicroPython script under the real MicroPython VM (WebAssembly port).
 //
-// usage: node run.mjs [--heap BYTES] [--lib DIR]... [--file HOSTPATH=VMPATH]... SCRIPT.py
+// usage: node run.mjs [--heap BYTES] [--lib DIR]... [--file HOSTPATH=VMPATH]... [--flash HOSTDIR=VMDIR]
+//                     [--net] [--window BYTES] SCRIPT.py
 //
 // Each --lib DIR is copied, recursively, to /lib/<basename DIR> in the VM's
 // file system, the way the firmware sits on a node's flash. The script's
@@ -9,19 +10,27 @@
 // an allocation, so total > initial means the script would have raised
 // MemoryError on a device with that much heap. Exit status 1 on an uncaught
 // Python exception (its traceback on stderr), 0 otherwise.
+// --flash and --net: the VM's flash and TCP bridge for running a whole node (bridge.mjs).
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+import { installFlash, installNet } from "./bridge.mjs";
 
 const args = process.argv.slice(2);
 let heap = 65536;
 const libs = [];
 const files = [];
+const flashes = [];
+let useNet = false;
+let window = 0;
 let script = null;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--heap") heap = parseInt(args[++i], 10);
   else if (args[i] === "--lib") libs.push(args[++i]);
   else if (args[i] === "--file") files.push(args[++i]);
+  else if (args[i] === "--flash") flashes.push(args[++i]);
+  else if (args[i] === "--net") useNet = true;
+  else if (args[i] === "--window") window = parseInt(args[++i], 10);
   else script = args[i];
 }
 if (!script) {
@@ -59,6 +68,12 @@ for (const spec of files) {
   mp.FS.writeFile(vm, readFileSync(host));
 }
 
+for (const spec of flashes) {
+  const [host, vm] = spec.split("=");
+  installFlash(mp, host, vm);
+}
+if (useNet) installNet(mp, { window });
+
 function gcInfo() {
   capture = [];
   mp.runPython("import micropython\nmicropython.mem_info()");
@@ -78,3 +93,4 @@ try {
 const [total, used] = gcInfo();
 process.stderr.write(`KS_HEAP initial=${initial} total=${total} used=${used}\n`);
 process.exitCode = status;
+if (useNet) process.exit(status); // open sockets would keep node running

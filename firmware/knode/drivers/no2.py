@@ -35,18 +35,37 @@ def no2_d(we_mv, ae_mv, temp_c, cal):
     return int(round(ppb * 18.8))
 
 
+OVERSAMPLE = 64  # ESP32 ADC reads per electrode and sample: its noise is tens of mV, 1 mV is ~4.4 ppb
+
+
+class Esp32Input:
+    """An electrode on an ESP32 ADC1 pin: the mean of OVERSAMPLE calibrated reads (read_uv applies
+    the chip's eFuse calibration; raw read()/read_u16() would add the ADC's nonlinearity)."""
+
+    def __init__(self, adc, reads=OVERSAMPLE):
+        self.adc = adc
+        self.reads = reads
+
+    async def read_uv(self):
+        s = 0
+        for _ in range(self.reads):
+            s += self.adc.read_uv()
+        return s // self.reads
+
+
 class NO2:
-    def __init__(self, adc_we, adc_ae, cal):
-        self.we = adc_we
-        self.ae = adc_ae
+    def __init__(self, we, ae, cal):
+        """we, ae: electrode inputs with async read_uv() (Esp32Input, or ads1115.Channel)."""
+        self.we = we
+        self.ae = ae
         self.cal = cal
         self.errors = 0
 
-    def read(self, temp_d):
+    async def read(self, temp_d):
         """temp_d: temperature in 0.1 C for the correction (None: 20 C assumed)."""
         try:
-            we = self.we.read_uv() / 1000.0
-            ae = self.ae.read_uv() / 1000.0
+            we = await self.we.read_uv() / 1000.0
+            ae = await self.ae.read_uv() / 1000.0
         except OSError:
             self.errors += 1
             return None

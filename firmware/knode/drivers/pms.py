@@ -12,6 +12,7 @@ FRAME = 32
 CMD_SLEEP = b"\x42\x4d\xe4\x00\x00\x01\x73"
 CMD_WAKE = b"\x42\x4d\xe4\x00\x01\x01\x74"
 WARMUP_S = 30  # datasheet: data are stable 30 s after wake-up
+FRAME_MS = 2300  # active mode sends a frame every 2.3 s when the air is steady (fast mode: 0.2-0.8 s)
 
 
 class Parser(FrameParser):

@@ -31,3 +31,18 @@ def frame(pm25_d, pm10_d, dev=0x1234):
     b.append(sum(b[2:8]) & 0xFF)
     b.append(0xAB)
     return bytes(b)
+
+
+def command(work):
+    """Set work (True) or sleep (False) for every sensor on the line (device id FFFF), 19 bytes."""
+    b = bytearray(19)
+    b[0], b[1], b[2], b[3], b[4] = 0xAA, 0xB4, 6, 1, 1 if work else 0
+    b[15] = b[16] = 0xFF
+    b[17] = sum(b[2:17]) & 0xFF
+    b[18] = 0xAB
+    return bytes(b)
+
+
+CMD_SLEEP = command(False)
+CMD_WAKE = command(True)
+WARMUP_S = 30  # fan and laser settle after waking (sensor.community practice, datasheet: 30 s)
