@@ -262,6 +262,10 @@ class NodeConfig:
     broker_host: str = ""
     """Host name nodes dial: one of broker.hosts."""
     broker_port: int = 8883
+    brokers: list[str] = field(default_factory=list)
+    """Every broker nodes may use (a cluster's nodes), host or host:port (default port broker_port). Each node
+    gets them all, starting at its own place in the list so the fleet spreads, and moves to the next one when a
+    broker fails. Empty: broker_host alone."""
     tls: bool = True
     ca: str = _path()
     """CA certificate nodes trust (broker-config writes it as ca.pem); goes to the node as /ca.pem."""
