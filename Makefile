@@ -23,11 +23,12 @@ DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxd
 TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs chromium:chromium chromedriver:chromium-driver \
 	promtool:prometheus zbarimg:zbar-tools rabbitmq-server:rabbitmq-server
 
-.PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
+.PHONY: help test test-slow demo bench lint system-deps system-deps-demo deps demo-deps clean
 
 help:
 	@echo "make demo   run brokers, collector and a simulated fleet, then print results"
-	@echo "make test   install everything and run the whole test suite"
+	@echo "make test   install everything and run the test suite (all but the slow tests)"
+	@echo "make test-slow  the tests that take minutes (the cluster kill test); CI runs both"
 	@echo "make bench  run the benchmarks (slow; never part of make test)"
 	@echo "make lint   ruff"
 
@@ -90,7 +91,11 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 test: deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Tests that take minutes (the cluster kill test, tests/cluster/test_cluster_kill.py); .ci/run runs them after `make test`.
+test-slow: deps
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: demo-deps
 	$(VENV)/bin/kerbside demo $(DEMO_ARGS)
@@ -99,6 +104,7 @@ bench: deps
 	$(PY) bench/collector.py
 	$(PY) bench/fleet.py
 	$(PY) bench/firmware.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) tests/mpy/node_modules .pytest_cache .hypothesis

@@ -217,9 +217,10 @@ class AmqpSource:
 
     def _on_message(self, gen: int, method: Any, body: bytes) -> None:
         try:
+            topic = topic_of(method.routing_key)
             if method.redelivered:
                 self.metrics.inc("kerbside_amqp_redelivered_total")
-            topic = topic_of(method.routing_key)
+                log.debug("redelivered: %s, delivery tag %d", topic, method.delivery_tag)
             if not topic.startswith(contract.PREFIX):
                 topic = method.routing_key  # not ours: the decoder dead-letters it under its own name
             self.deliver(Incoming(topic, bytes(body), method.delivery_tag, 1, gen, time.monotonic(),

@@ -87,17 +87,43 @@ def _is_device(user: str) -> bool:
     return len(user) == 8 and all(c in "0123456789abcdef" for c in user)
 
 
-def secure(cluster: RabbitCluster, root: Path, devices: tuple[str, ...]) -> Secured:
-    """A registry of `devices` (each with its secret's hashes), then broker-config --engine rabbitmq --apply."""
-    registry = root / "registry.json"
+def secure(cluster: RabbitCluster, root: Path, devices: tuple[str, ...], registry: Path | None = None) -> Secured:
+    """A registry of `devices` (each with its secret's hashes), then broker-config --engine rabbitmq --apply.
+
+    `registry`: one already written (a simulated fleet's), whose devices get their secrets here."""
+    registry = registry or root / "registry.json"
     with Registry(registry).edit() as reg:
         for d in devices:
-            dev = Device(id=d, kit="air", site=f"site-{d}", zone="lez")
+            dev = reg.get(d) or Device(id=d, kit="air", site=f"site-{d}", zone="lez")
             set_secret(dev, secret_of(d))
             reg[d] = dev
     s = Secured(cluster, root, registry, devices)
     s.apply()
     return s
+
+
+TAP = "kerbside.audit"
+TAP_USER = "audit"
+
+
+def add_tap(secured: Secured) -> None:
+    """A second quorum queue bound to every readings message, and an account that may read only it: the tests'
+    record of what the broker accepted (each publish is confirmed to the node only once both queues hold it)."""
+    import json
+
+    from kerbside.provisioning.passwd import rabbitmq_hash
+
+    secured.accounts[TAP_USER] = "audit-secret"
+    doc = {"users": [{"name": TAP_USER, "password_hash": rabbitmq_hash("audit-secret"),
+                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}],
+           "permissions": [{"user": TAP_USER, "vhost": "/", "configure": "^$", "write": "^$", "read": f"^{TAP}$"}],
+           "queues": [{"name": TAP, "vhost": "/", "durable": True, "auto_delete": False,
+                       "arguments": {"x-queue-type": "quorum"}}],
+           "bindings": [{"source": "amq.topic", "vhost": "/", "destination": TAP, "destination_type": "queue",
+                         "routing_key": "kerbside.v1.*.readings", "arguments": {}}]}
+    path = secured.root / "tap.json"
+    path.write_text(json.dumps(doc))
+    secured.cluster.ctl(secured.cluster.any_running(), "import_definitions", str(path))
 
 
 class Taken:
