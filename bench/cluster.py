@@ -162,7 +162,9 @@ def main() -> None:
                 results[f"cluster, {k} collector{'s' if k > 1 else ''}"] = {
                     "publish_msgs_s": round(pub), "readings_s": round(drain(collectors, influx, expected)),
                     "rss_mib": [round(x) for x in cluster.rss_mib()]}
-                assert cluster.queue_depth(QUEUE) == (0, 0)
+                # list_queues reports from statistics emitted every few seconds: wait for them to catch up
+                wait_for(lambda: cluster.queue_depth(QUEUE) == (0, 0), "every delivery acked (the queue empty)", 60,
+                         interval=1)
         finally:
             cluster.stop()
             mosq.stop()

@@ -16,6 +16,15 @@ collector that is alive. A collector connects to any node of amqp.urls,
 starting at a random one so that collectors spread, and moves to the next
 when its node goes away.
 
+Statuses are the exception to "each message to one collector": every
+collector's fleet view and online metrics need every node's status, and a
+queue holds no retained copies to learn them from at start. So each collector
+also binds a private, server-named queue (exclusive: it goes with the
+connection) to kerbside.v1.*.status and takes copies from it for its online
+view only; the copy in the shared queue is the one stored and acknowledged.
+A collector started fresh knows a node from its next status (`status_every`,
+5 min by default), not at once as from Mosquitto's retained store.
+
 pika's BlockingConnection is not thread-safe: only this source's thread uses
 it; the writer's acks are handed over with add_callback_threadsafe.
 """
@@ -44,6 +53,9 @@ log = logging.getLogger("kerbside.collector")
 POLL_S = 0.2
 """How long the source's thread waits for broker traffic before it looks at stop() and pending acks."""
 BACKOFF_MAX_S = 30.0
+EXCHANGE = "amq.topic"
+"""Where the MQTT plugin routes what nodes publish."""
+STATUS_KEY = "kerbside.v1.*.status"
 
 
 def topic_of(routing_key: str) -> str:
@@ -194,6 +206,7 @@ class AmqpSource:
             gen = self.generation
             channel.basic_consume(self.cfg.queue, lambda ch, m, p, body: self._on_message(gen, m, body),
                                   auto_ack=False)
+            self._watch_statuses(conn, gen)  # before "ready": a status published after it reaches this view
             self.connected = self.subscribed = True
             self.node, self._problem = url, ""
             if not first:
@@ -208,6 +221,27 @@ class AmqpSource:
                     conn.close()
                 except (pika.exceptions.AMQPError, OSError):
                     pass
+
+    def _watch_statuses(self, conn: pika.BlockingConnection, gen: int) -> None:
+        """Copies of every status for the online view, on a channel of their own: a cluster whose definitions
+        predate them refuses the private queue, which costs the view, never the stored stream."""
+        try:
+            ch = conn.channel()
+            view = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            ch.queue_bind(view, EXCHANGE, routing_key=STATUS_KEY)
+            ch.basic_consume(view, lambda c, m, p, body: self._on_view(gen, m, body), auto_ack=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            log.warning("the broker refused a status queue for the fleet view (%s %s): this collector's fleet view "
+                        "sees only the statuses it stores; re-run `kerbside broker-config --engine rabbitmq --apply`",
+                        e.reply_code, e.reply_text)
+
+    def _on_view(self, gen: int, method: Any, body: bytes) -> None:
+        try:
+            topic = topic_of(method.routing_key)
+            if topic.startswith(contract.PREFIX):
+                self.deliver(Incoming(topic, bytes(body), 0, 0, gen, time.monotonic(), view=True))
+        except Exception as e:
+            self.fail("AMQP callback on status copy", e)
 
     def _lost(self) -> None:
         with self._lock:

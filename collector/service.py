@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kerbside.collector import batching, fleet, fleet_web, storage
-from kerbside.collector.decode import Rejected, decode
+from kerbside.collector.decode import Decoded, Rejected, decode
 from kerbside.collector.devices import DeviceTags
 from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
 from kerbside.collector.gaps import SeqTracker
@@ -116,6 +116,8 @@ class Collector:
         self._logged: dict[str, float] = {}
         self.stopped = threading.Event()
         self._partial = False
+        self._last_status: dict[str, bytes] = {}
+        """Each device's last status message as received: a repeat of it changes nothing (_observe)."""
         self.online: dict[str, fleet.NodeStatus] = {}
         """Each device's last status (collector/fleet.py): the online view, the fleet page, the fleet metrics."""
         self.influx_up: bool | None = None
@@ -274,6 +276,9 @@ class Collector:
     # --- handling ------------------------------------------------------------------
     def handle(self, item: Incoming) -> None:
         """Decode one message into the current batch or the dead letters. Never raises."""
+        if item.view:
+            self._view(item)
+            return
         topic, payload = item.topic, item.payload
         kind = topic.rsplit("/", 1)[-1] if topic.startswith(contract.PREFIX) else "invalid"
         self.metrics.inc("kerbside_messages_total", kind=kind if kind in KINDS else "invalid")
@@ -295,9 +300,7 @@ class Collector:
             self._reject(topic, "bad_structure", f"internal error: {type(e).__name__}: {e}"[:300], payload)
             return
         if d.kind == "status":
-            fleet.observe(self.online, d.device, bool(d.online), d.fields, d.synced, self.clock(), item.retain)
-            if self.devices.registry is not None:  # without one any id is accepted: no series per device then
-                self.metrics.set("kerbside_device_online", 1 if d.online else 0, device=d.device)
+            self._observe(d, item.payload, item.retain)
         if copy:
             return
         if d.kind == "readings":
@@ -310,6 +313,28 @@ class Collector:
             self.metrics.inc("kerbside_readings_total", d.count)
         else:
             self._add(self.cfg.influx.rp, d.lines)
+
+    def _view(self, item: Incoming) -> None:
+        """A status another collector may be storing: it only updates this collector's online view. A bad one is
+        the storing collector's to dead-letter."""
+        m = contract.TOPIC_RE.match(item.topic)
+        try:
+            d = decode(item.topic, item.payload, self.clock(), self.devices.tags_for(m.group(1)) if m else None)
+        except Exception:  # Rejected, or a decoder bug: the stored copy is dead-lettered (and logged) where it is taken
+            return
+        if d.kind == "status":
+            self._observe(d, item.payload, False)
+
+    def _observe(self, d: Decoded, payload: bytes, retained: bool) -> None:
+        """A status into the online view, once: the same message seen again (the stored copy and the view's copy of
+        a status on a cluster, a retained copy of what was taken live) is no news, and would make the fleet view
+        forget which sensor errors were rising."""
+        if self._last_status.get(d.device) == payload:
+            return
+        self._last_status[d.device] = payload
+        fleet.observe(self.online, d.device, bool(d.online), d.fields, d.synced, self.clock(), retained)
+        if self.devices.registry is not None:  # without one any id is accepted: no series per device then
+            self.metrics.set("kerbside_device_online", 1 if d.online else 0, device=d.device)
 
     def _reject(self, topic: str, reason: str, detail: str, payload: bytes) -> None:
         self._dead.append((topic, reason, detail, payload))

@@ -47,6 +47,9 @@ class Incoming:
     """Delivered from the broker's retained store (on subscribing), not forwarded live."""
     redelivered: bool = False
     """The broker delivered it before (to us or another collector) and it was not acknowledged then."""
+    view: bool = False
+    """A copy of a status for the online view only (nothing to store or acknowledge): competing consumers each
+    store part of the statuses, but every collector's fleet view needs all of them (collector.amqp_source)."""
 
 
 Deliver = Callable[[Incoming], None]

@@ -88,14 +88,21 @@ def node_permissions(device: str, vhost: str) -> tuple[dict[str, str], dict[str,
 
 
 def account_permissions(accounts: Accounts, queue: str, vhost: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Ingest accounts read the queue and nothing else; the operator commands (MQTT) and reads acks and status."""
-    perms = [{"user": name, "vhost": vhost, "configure": "^$", "write": "^$", "read": f"^{re.escape(queue)}$"}
-             for name in accounts.ingest]
+    """Ingest accounts read the queue and nothing else; the operator commands (MQTT) and reads acks and status.
+
+    Besides the shared queue an ingest account may make a private server-named queue (`amq.gen-…`: a client
+    cannot name a queue so) and bind it to nodes' statuses, and only those: its fleet view's copy of every status
+    (collector.amqp_source). It publishes nothing: write on its own queue is what a binding needs."""
+    gen = "amq\\.gen-[A-Za-z0-9_-]+"
+    perms = [{"user": name, "vhost": vhost, "configure": f"^{gen}$", "write": f"^{gen}$",
+              "read": f"^({re.escape(queue)}|{gen}|amq\\.topic)$"} for name in accounts.ingest]
     op = f"mqtt-subscription-{re.escape(accounts.operator)}[^ ]*qos[01]"
     perms.append({"user": accounts.operator, "vhost": vhost, "configure": f"^{op}$", "write": f"^({op}|amq\\.topic)$",
                   "read": f"^({op}|amq\\.topic)$"})
     topics = [{"user": accounts.operator, "vhost": vhost, "exchange": EXCHANGE,
                "write": f"^kerbside\\.v1\\.{ID}\\.cmd$", "read": f"^kerbside\\.v1\\.({ID}|\\*)\\.(ack|status)$"}]
+    topics += [{"user": name, "vhost": vhost, "exchange": EXCHANGE, "write": "^$",
+                "read": "^kerbside\\.v1\\.\\*\\.status$"} for name in accounts.ingest]
     return perms, topics
 
 

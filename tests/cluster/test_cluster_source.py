@@ -112,6 +112,9 @@ def test_two_collectors_compete_for_the_queue_and_store_everything_once(secured:
         shares = [(c.metrics() or {}).get('kerbside_messages_total{kind="readings"}', 0.0) for c in collectors]
         assert all(s > 0 for s in shares) and sum(shares) == len(DEVICES) * MESSAGES + 1, shares
         assert len(influx.query('SELECT * FROM "status"')[0]["values"]) == len(DEVICES)
+        # each status is stored by one collector, but both fleet views know every node (their private status queues)
+        wait_for(lambda: [(c.metrics() or {}).get("kerbside_devices_online") for c in collectors] == [len(DEVICES)] * 2,
+                 "both collectors see every node online", 30)
         assert len(influx.query('SELECT * FROM "ack"')[0]["values"]) == 1
         assert sum((c.metrics() or {}).get("kerbside_rejected_total", 0.0) for c in collectors) == 1
         wait_for(lambda: secured.cluster.queue_depth(QUEUE) == (0, 0), "the queue emptied (every delivery acked)", 30)

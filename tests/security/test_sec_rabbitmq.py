@@ -154,6 +154,26 @@ def test_the_ingest_accounts_read_and_only_the_operator_commands(secured: Secure
         victim.close()
 
 
+def test_an_ingest_account_may_watch_statuses_and_nothing_else(secured: Secured) -> None:
+    """Its fleet view's private queue: statuses only (not commands, not readings beside the queue), server-named only."""
+    conn = secured.amqp(INGEST[0], node=3)
+    ch = conn.channel()
+    view = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+    ch.queue_bind(view, "amq.topic", routing_key="kerbside.v1.*.status")  # allowed: what the collector does
+    assert view.startswith("amq.gen-")
+    for key in ("kerbside.v1.*.cmd", f"kerbside.v1.{DEVICES[0]}.cmd", "kerbside.v1.*.readings", "#"):
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+            ch.queue_bind(view, "amq.topic", routing_key=key)
+        ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+        ch.queue_declare("ingest-tap", durable=True)  # a named, lasting queue: refused
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+        ch.basic_publish("amq.topic", f"kerbside.v1.{DEVICES[0]}.status", b"forged status")
+        ch.queue_declare(view, passive=True)  # the refusal arrives with the next round trip
+    conn.close()
+
+
 def test_oversize_messages_are_refused_by_the_cluster(secured: Secured, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Row 3: ten 6.7 MB messages and one of 1 MB from a node: each refused unacknowledged, none stored or relayed.
 
