@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # tests/mpy/install.py fetches the pinned MicroPython VM itself; only node runs it. The fleet page is
 # tested in Debian's headless chromium (through chromium-driver), the alerting rules with promtool
 # (Debian's prometheus package), the node labels' QR codes decoded with zbarimg. The clustered-broker
-# tests run a local RabbitMQ cluster (kerbside/rabbitmq.py) from Debian's rabbitmq-server.
+# tests run a local RabbitMQ cluster (kerbside/devcluster.py) from Debian's rabbitmq-server.
 DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
 TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs chromium:chromium chromedriver:chromium-driver \
 	promtool:prometheus zbarimg:zbar-tools rabbitmq-server:rabbitmq-server
