@@ -81,6 +81,10 @@ class FleetConfig:
     buffer_kb: int = 512
     reference: ReferenceStation | None = None
     """A reference station with air nodes beside it whose sensor errors are known (simulator.reference)."""
+    no2_adc: str = "ads1115"
+    """How air nodes read the NO2 cell: "ads1115", the kit hardware/air-kit.md documents for indicative quality,
+    or "esp32", the chip's own ADC, whose nonlinearity adds a temperature-dependent offset of several µg/m³
+    that calibration cannot fully remove (see docs/firmware.md)."""
 
 
 @dataclass
@@ -190,7 +194,8 @@ class Fleet:
                 self.colocated.append(i)
             dev = device_id(c.seed, i)
             stats = NodeStats(i, dev, kit, "lez" if lez else "outside")
-            board = SimBoard(i, c.state_dir / dev, self.clock, sensed, kit, rng.getrandbits(32), Faults())  # type: ignore[arg-type]
+            board = SimBoard(i, c.state_dir / dev, self.clock, sensed, kit, rng.getrandbits(32), Faults(),  # type: ignore[arg-type]
+                             pins=self._pins(kit))
             self.nodes.append(VirtualNode(stats, board, site))
         f = c.faults
         order = list(range(len(self.nodes)))
@@ -273,7 +278,11 @@ class Fleet:
                          "password": self.passwords.get(s.device, ""), "keepalive": 60,
                          "brokers": [["127.0.0.1", r.port] for r in vn.relays]},
                 "ntp": ["pool.ntp.org"], "period": c.period, "sample": c.sample, "status_every": c.status_every,
-                "credential": 1, "cfg": 1, "cal": {}, "pins": {}, "buffer_kb": c.buffer_kb}
+                "credential": 1, "cfg": 1, "cal": {}, "pins": self._pins(s.kit), "buffer_kb": c.buffer_kb}
+
+    def _pins(self, kit: str) -> dict[str, str]:
+        """The same on the fake hardware and in the node's config: the fakes answer what the config wires."""
+        return {"no2_adc": self.cfg.no2_adc} if kit == "air" and self.cfg.no2_adc != "esp32" else {}
 
     def write_registry(self, path: Path) -> None:
         from kerbside.core.registry import Device, Registry

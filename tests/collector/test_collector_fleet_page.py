@@ -34,6 +34,7 @@ from kerbside.core.influx import InfluxClient
 from kerbside.core.registry import Registry
 from kerbside.devstack import CollectorProcess, Mosquitto, free_port, headless_chromium, wait_for
 from kerbside.simulator.fleet import FaultPlan, Fleet, FleetConfig
+from knode.node import FW
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,7 +284,7 @@ def test_the_fleet_page_in_chromium_shows_what_is_wrong_and_what_influx_holds(st
         if "proc" in watch and watch["proc"].poll() is None:
             watch["proc"].kill()
     text = "".join(watch_out)
-    assert "  status  online, fw 0.1.0, config 1" in text
+    assert f"  status  online, fw {FW}, config 1" in text
     seqs = [int(x.split(" seq ")[1].split()[0]) for x in text.splitlines() if "  reading " in x]
     # the first look shows the newest 20 of the last hour, then each new reading once, in order
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and len(seqs) > 20, text

@@ -18,10 +18,13 @@ from knode import cbor, node
 from .conftest import node_config
 
 DEV = "c0ffee01"
+"""Each test has a device of its own (DEV with its last byte changed): a node stopped between a command's ack and
+its PUBACK gets that command again (at least once, by design), and on a shared broker the next test would see it."""
 
 
 class Link:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, dev: str = DEV) -> None:
+        self.dev = dev
         self.acks: queue.Queue[dict] = queue.Queue()
         self.status: queue.Queue[dict] = queue.Queue()
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2)
@@ -29,7 +32,7 @@ class Link:
         ready: queue.Queue[bool] = queue.Queue()
         self.c.on_subscribe = lambda *a: ready.put(True)
         self.c.connect("127.0.0.1", port)
-        self.c.subscribe([(f"kerbside/v1/{DEV}/ack", 1), (f"kerbside/v1/{DEV}/status", 1)])
+        self.c.subscribe([(f"kerbside/v1/{dev}/ack", 1), (f"kerbside/v1/{dev}/status", 1)])
         self.c.loop_start()
         ready.get(timeout=10)
 
@@ -37,7 +40,7 @@ class Link:
         (self.acks if m.topic.endswith("/ack") else self.status).put(cbor.loads(m.payload))
 
     def send(self, cmd: dict) -> None:
-        self.c.publish(f"kerbside/v1/{DEV}/cmd", cbor.dumps(cmd), qos=1)
+        self.c.publish(f"kerbside/v1/{self.dev}/cmd", cbor.dumps(cmd), qos=1)
 
     def close(self) -> None:
         self.c.loop_stop()
@@ -57,8 +60,9 @@ async def _ack(link: Link, timeout: float = 10) -> dict:
 
 @pytest.mark.services
 def test_config_commands_are_versioned_saved_and_acknowledged(mosquitto, make_board) -> None:
-    board = make_board(node_config(device=DEV, port=mosquitto.port), speedup=50)
-    link = Link(mosquitto.port)
+    dev = "c0ffee01"
+    board = make_board(node_config(device=dev, port=mosquitto.port), speedup=50)
+    link = Link(mosquitto.port, dev)
 
     async def go() -> list[dict]:
         n = node.Node(board)
@@ -86,13 +90,13 @@ def test_config_commands_are_versioned_saved_and_acknowledged(mosquitto, make_bo
         acks = asyncio.run(go())
     finally:
         link.close()
-    dev = bytes.fromhex(DEV)
-    assert acks[0] == {"v": 1, "id": dev, "cmd": 11, "ok": True, "cfg": 2}
-    assert acks[1] == {"v": 1, "id": dev, "cmd": 12, "ok": True, "cfg": 2}  # already applied, unchanged
-    assert acks[2] == {"v": 1, "id": dev, "cmd": 13, "ok": True, "cfg": 3}
+    did = bytes.fromhex(dev)
+    assert acks[0] == {"v": 1, "id": did, "cmd": 11, "ok": True, "cfg": 2}
+    assert acks[1] == {"v": 1, "id": did, "cmd": 12, "ok": True, "cfg": 2}  # already applied, unchanged
+    assert acks[2] == {"v": 1, "id": did, "cmd": 13, "ok": True, "cfg": 3}
     assert acks[3]["ok"] is False and acks[3]["cfg"] == 3 and "sample" in acks[3]["err"]
     assert acks[4]["ok"] is False and "unknown op" in acks[4]["err"]
-    assert acks[5] == {"v": 1, "id": dev, "cmd": 0, "ok": False, "cfg": 3, "err": "bad command: not a v1 command map"}
+    assert acks[5] == {"v": 1, "id": did, "cmd": 0, "ok": False, "cfg": 3, "err": "bad command: not a v1 command map"}
     with open(board.path("/config.json")) as f:
         saved = json.load(f)
     assert (saved["period"], saved["sample"], saved["cfg"]) == (300, 30, 3)
@@ -103,8 +107,9 @@ def test_config_commands_are_versioned_saved_and_acknowledged(mosquitto, make_bo
 def test_status_command_and_unsigned_ota_refused(mosquitto, make_board) -> None:
     """Signed updates have their own tests (test_fw_ota*.py, tests/security/test_ota.py); the old unsigned
     single-file form, which could write any path, is refused."""
-    board = make_board(node_config(device=DEV, port=mosquitto.port), speedup=50)
-    link = Link(mosquitto.port)
+    dev = "c0ffee02"
+    board = make_board(node_config(device=dev, port=mosquitto.port), speedup=50)
+    link = Link(mosquitto.port, dev)
     new = b"# new application module\nVERSION = 2\n"
 
     async def go() -> tuple[list[dict], dict]:
@@ -131,10 +136,10 @@ def test_status_command_and_unsigned_ota_refused(mosquitto, make_board) -> None:
         acks, status = asyncio.run(go())
     finally:
         link.close()
-    assert acks[0]["ok"] is True and status["online"] is True and status["id"] == bytes.fromhex(DEV)
+    assert acks[0]["ok"] is True and status["online"] is True and status["id"] == bytes.fromhex(dev)
     assert set(status) >= {"v", "id", "online", "t", "synced", "fw", "kit", "up", "heap", "rssi", "buf", "drop",
                            "boot", "seq", "cfg", "health"}
-    assert acks[1] == {"v": 1, "id": bytes.fromhex(DEV), "cmd": 23, "ok": False, "cfg": 1,
+    assert acks[1] == {"v": 1, "id": bytes.fromhex(dev), "cmd": 23, "ok": False, "cfg": 1,
                        "err": "ota: args need a manifest and sig, or a chunk (seq, file, off, data)"}
     assert open(board.path("/app.py"), "rb").read() == b"VERSION = 1\n"
     assert not os.path.exists(board.path("/ota.json"))
@@ -142,10 +147,11 @@ def test_status_command_and_unsigned_ota_refused(mosquitto, make_board) -> None:
 
 @pytest.mark.services
 def test_reboot_command_acks_says_offline_and_resets(mosquitto, make_board) -> None:
+    dev = "c0ffee03"
     from kerbside.simulator.hardware import Reboot
 
-    board = make_board(node_config(device=DEV, port=mosquitto.port), speedup=50)
-    link = Link(mosquitto.port)
+    board = make_board(node_config(device=dev, port=mosquitto.port), speedup=50)
+    link = Link(mosquitto.port, dev)
 
     async def go() -> tuple[dict, BaseException | None]:
         n = node.Node(board)
@@ -166,9 +172,9 @@ def test_reboot_command_acks_says_offline_and_resets(mosquitto, make_board) -> N
             statuses.append(link.status.get())
     finally:
         link.close()
-    assert ack == {"v": 1, "id": bytes.fromhex(DEV), "cmd": 31, "ok": True, "cfg": 1}
+    assert ack == {"v": 1, "id": bytes.fromhex(dev), "cmd": 31, "ok": True, "cfg": 1}
     assert isinstance(exc, Reboot)  # machine.reset() on the device
-    assert statuses[-1] == {"v": 1, "id": bytes.fromhex(DEV), "online": False}
+    assert statuses[-1] == {"v": 1, "id": bytes.fromhex(dev), "online": False}
 
 
 @pytest.mark.services
@@ -179,9 +185,10 @@ def test_a_burst_of_commands_loses_none_and_an_oversize_one_is_refused_once(make
 
     kerbside's own broker config (max_packet_size) already refuses such a command at the broker; the node must
     not depend on that (another broker, e.g. RabbitMQ, has other limits), so this broker lets it through."""
+    dev = "c0ffee04"
     broker = Mosquitto("mosquitto", tmp_path / "broker", free_port(), extra="max_packet_size 65536\n").start()
-    board = make_board(node_config(device=DEV, port=broker.port), speedup=50)
-    link = Link(broker.port)
+    board = make_board(node_config(device=dev, port=broker.port), speedup=50)
+    link = Link(broker.port, dev)
 
     async def go() -> tuple[list[dict], int]:
         n = node.Node(board)
@@ -189,7 +196,7 @@ def test_a_burst_of_commands_loses_none_and_an_oversize_one_is_refused_once(make
         try:
             await _until(lambda: n.client is not None and n.client.connected and n.last_state is not None)
             big = cbor.dumps({"v": 1, "cmd": 200, "op": "status", "pad": b"x" * 20000})
-            link.c.publish(f"kerbside/v1/{DEV}/cmd", big, qos=1)
+            link.c.publish(f"kerbside/v1/{dev}/cmd", big, qos=1)
             for i in range(12):
                 link.send({"v": 1, "cmd": 100 + i, "op": "status"})
             acks = [await _ack(link, 20) for _ in range(13)]

