@@ -137,10 +137,15 @@ class Taken:
         self._thread = threading.Thread(target=self._run, args=(queue,), daemon=True)
         self._thread.start()
 
+    def on_message(self, routing_key: str, body: bytes) -> None:
+        """The consumer thread, per message: keeps it (a subclass may keep something else)."""
+        self.messages.append((routing_key, body))
+
     def _run(self, queue: str) -> None:
         try:
             ch = self._conn.channel()
-            ch.basic_consume(queue, lambda c, m, p, body: self.messages.append((m.routing_key, body)), auto_ack=True)
+            ch.basic_qos(prefetch_count=1000)
+            ch.basic_consume(queue, lambda c, m, p, body: self.on_message(m.routing_key, body), auto_ack=True)
             while not self._stop.is_set():
                 self._conn.process_data_events(time_limit=0.1)
         except BaseException as e:

@@ -18,7 +18,6 @@ docs/scaling.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import statistics
@@ -27,9 +26,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import pika
 import pytest
-from rabbit_helpers import INGEST, QUEUE, TAP, TAP_USER, Secured, add_tap, secret_of, secure
+from rabbit_helpers import INGEST, QUEUE, TAP, TAP_USER, Secured, Taken, add_tap, secret_of, secure
 
 from kerbside.collector.amqp_source import topic_of
 from kerbside.collector.decode import decode
@@ -49,40 +47,17 @@ MEASUREMENTS = (("air", ""), ("traffic_flow", " WHERE \"direction\" = 'in'"), ("
                 ("traffic_flow_unsynced", " WHERE \"direction\" = 'in'"))
 
 
-class Tap:
+class Tap(Taken):
     """Every readings message the cluster routed, with its arrival time, from the audit queue on a node never killed."""
 
     def __init__(self, secured: Secured, node: RabbitNode) -> None:
         self.copies: list[tuple[float, str, int, int]] = []
         """(arrival, device, first seq, count)"""
-        self.error: BaseException | None = None
-        params = pika.URLParameters(node.amqp_url)
-        params.credentials = pika.PlainCredentials(TAP_USER, secured.secret(TAP_USER))
-        self._conn = pika.BlockingConnection(params)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(secured, TAP_USER, TAP, node.index)
 
-    def _on(self, method: pika.spec.Basic.Deliver, body: bytes) -> None:
-        d = decode(topic_of(method.routing_key), body, time.time())
+    def on_message(self, routing_key: str, body: bytes) -> None:
+        d = decode(topic_of(routing_key), body, time.time())
         self.copies.append((time.monotonic(), d.device, d.seq, d.count))
-
-    def _run(self) -> None:
-        try:
-            ch = self._conn.channel()
-            ch.basic_qos(prefetch_count=1000)
-            ch.basic_consume(TAP, lambda c, m, p, body: self._on(m, body), auto_ack=True)
-            while not self._stop.is_set():
-                self._conn.process_data_events(time_limit=0.1)
-        except BaseException as e:
-            self.error = e
-        finally:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 class Links:
