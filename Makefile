@@ -17,20 +17,25 @@ PYTEST_ARGS ?=
 # (its nodejs package conflicts with Debian's npm), and apt-get update is slow. npm is not needed:
 # tests/mpy/install.py fetches the pinned MicroPython VM itself; only node runs it. The fleet page is
 # tested in Debian's headless chromium (through chromium-driver), the alerting rules with promtool
-# (Debian's prometheus package), the node labels' QR codes decoded with zbarimg.
+# (Debian's prometheus package), the node labels' QR codes decoded with zbarimg. The clustered-broker
+# tests run a local RabbitMQ cluster (kerbside/devcluster.py) from Debian's rabbitmq-server.
 DEMO_BINS := python3:python3 mosquitto:mosquitto influxd:influxdb influx:influxdb-client
 TEST_BINS := $(DEMO_BINS) mosquitto_pub:mosquitto-clients node:nodejs chromium:chromium chromedriver:chromium-driver \
-	promtool:prometheus zbarimg:zbar-tools
+	promtool:prometheus zbarimg:zbar-tools rabbitmq-server:rabbitmq-server
 
-.PHONY: help test demo bench lint system-deps system-deps-demo deps demo-deps clean
+.PHONY: help test test-slow demo bench lint system-deps system-deps-demo deps demo-deps clean
 
 help:
 	@echo "make demo   run brokers, collector and a simulated fleet, then print results"
-	@echo "make test   install everything and run the whole test suite"
+	@echo "make test   install everything and run the test suite (all but the slow tests)"
+	@echo "make test-slow  the tests that take minutes (the cluster kill test); CI runs both"
 	@echo "make bench  run the benchmarks (slow; never part of make test)"
 	@echo "make lint   ruff"
 
 # $(1): binary:package pairs. Never asks for nodejs when node is there, whoever packaged it.
+# Packages with a service (mosquitto, rabbitmq-server) would start it at install: a policy-rc.d that
+# refuses every start is put in place for the install (unless the machine has one) and removed after,
+# so the tests' own brokers find their ports and epmd free.
 define install_missing
 	@missing=""; \
 	for pair in $(1); do \
@@ -47,8 +52,14 @@ define install_missing
 	    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
 	    else echo "run as root, or as root: apt-get install$$missing"; exit 1; fi; \
 	  fi; \
+	  rcd=/usr/sbin/policy-rc.d; ours=""; \
+	  if [ ! -e $$rcd ]; then \
+	    printf '#!/bin/sh\n# kerbside make: no service starts while packages install\nexit 101\n' | $$sudo tee $$rcd >/dev/null && \
+	    $$sudo chmod 755 $$rcd && ours=1; \
+	  fi; \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  rc=$$?; [ -z "$$ours" ] || $$sudo rm -f $$rcd; exit $$rc; \
 	fi
 endef
 
@@ -80,7 +91,11 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 test: deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Tests that take minutes (the cluster kill test, tests/cluster/test_cluster_kill.py); .ci/run runs them after `make test`.
+test-slow: deps
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: demo-deps
 	$(VENV)/bin/kerbside demo $(DEMO_ARGS)
@@ -89,6 +104,7 @@ bench: deps
 	$(PY) bench/collector.py
 	$(PY) bench/fleet.py
 	$(PY) bench/firmware.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) tests/mpy/node_modules .pytest_cache .hypothesis

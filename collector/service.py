@@ -1,13 +1,15 @@
-"""The collector: MQTT QoS1 in, InfluxDB out, and a message is acked only once its points are durable.
+"""The collector: QoS1 messages in, InfluxDB out, and a message is acked only once its points are durable.
 
-Threads: paho's network thread only queues (topic, payload, mid) and never
-acks (manual_ack); the decoder thread (run) decodes and cuts batches, each
+Threads: the source's network thread (collector.source: MQTT from Mosquitto, or
+AMQP from a RabbitMQ cluster) only queues (topic, payload, ack token) and never
+acks on its own; the decoder thread (run) decodes and cuts batches, each
 with a snapshot of the sequence state; the writer thread makes each batch
 durable in order (InfluxDB 2xx, or appended+fsynced to the spool; rejections
 fsynced to the dead-letter store), saves that state and only then sends the
-PUBACKs, while the decoder already builds the next batch. Anything unacked when
-the process dies is redelivered by the broker from the persistent session, and
-rewriting identical points is harmless.
+acks (PUBACK, basic.ack), while the decoder already builds the next batch.
+Anything unacked when the process dies is redelivered by the broker (from the
+persistent session, or from the queue to any collector), and rewriting
+identical points is harmless.
 
 When a store cannot be written (its budget reached, or the disk full, read-only
 or failing) the writer keeps the batch and retries it, step by step, until it is
@@ -25,10 +27,8 @@ import errno
 import logging
 import queue
 import random
-import ssl
 import threading
 import time
-import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,19 +36,16 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from kerbside.collector import batching, brokerlog, fleet, fleet_web, storage
-from kerbside.collector.decode import Rejected, decode
+from kerbside.collector import batching, fleet, fleet_web, storage
+from kerbside.collector.decode import Decoded, Rejected, decode
 from kerbside.collector.devices import DeviceTags
 from kerbside.collector.dlq import LINE_TOPIC, DeadLetters
 from kerbside.collector.gaps import SeqTracker
 from kerbside.collector.health import Health
 from kerbside.collector.influx import InfluxWriter
 from kerbside.collector.metrics import Metrics, health_route, metrics_route, serve
-from kerbside.collector.session import WINDOW_S, SessionWatch
+from kerbside.collector.session import WINDOW_S
+from kerbside.collector.source import KINDS, Incoming, Source
 from kerbside.collector.spool import Batch, Spool
 from kerbside.core import contract
 from kerbside.core.errors import ConfigError
@@ -57,24 +54,10 @@ from kerbside.core.settings import Config, is_loopback
 
 log = logging.getLogger("kerbside.collector")
 
-KINDS = ("readings", "status", "ack")
 RETRY_S = 1.0
 """While a store cannot be written: how often the writer tries again."""
 LOG_EVERY_S = 30.0
 """The same storage error is logged at most this often while it lasts."""
-
-
-@dataclass(slots=True)
-class Incoming:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    generation: int
-    """MQTT connection the message came on: a mid is only meaningful to the broker on that connection."""
-    received: float
-    retain: bool = False
-    """Delivered from the broker's retained store (on subscribing), not forwarded live."""
 
 
 @dataclass(slots=True)
@@ -114,7 +97,6 @@ class Collector:
         self.dlq = DeadLetters(cfg.dlq_dir, cfg.dlq.max_bytes)
         self.tracker = SeqTracker(cfg.state_dir / "sequences.json", cfg.state.max_bytes)
         self.devices = DeviceTags(cfg.registry.path or None)
-        self.session = SessionWatch()
         self.inbox: queue.Queue[Incoming] = queue.Queue()
         self._pipe: queue.Queue[Pending | None] = queue.Queue(maxsize=2)
         self._cut_count = 0
@@ -133,15 +115,9 @@ class Collector:
         """The store the writer is writing to (for saying which one failed)."""
         self._logged: dict[str, float] = {}
         self.stopped = threading.Event()
-        self.generation = 0
-        self._conn_lock = threading.Lock()
-        self.connected = False
-        self.subscribed = False
-        self._retained_seen = -1
-        """Connection whose session was already there: retained copies on it were taken live before."""
         self._partial = False
-        self._log_sub_mid = -1
-        self._refused_logged: dict[str, float] = {}
+        self._last_status: dict[str, bytes] = {}
+        """Each device's last status message as received: a repeat of it changes nothing (_observe)."""
         self.online: dict[str, fleet.NodeStatus] = {}
         """Each device's last status (collector/fleet.py): the online view, the fleet page, the fleet metrics."""
         self.influx_up: bool | None = None
@@ -150,7 +126,7 @@ class Collector:
         self._threads: dict[str, threading.Thread] = {}
         self._running = False
         self._http: ThreadingHTTPServer | None = None
-        self.client = self._make_client()
+        self.source: Source = make_source(cfg, self.inbox.put, self.metrics, self._fail)
         # the batch being built
         self._lines: dict[str, list[str]] = defaultdict(list)
         self._nlines = 0
@@ -172,9 +148,9 @@ class Collector:
     def _describe(self) -> None:
         """Every metric the collector exposes; the stores' and the tracker's are read from them at scrape time."""
         m = self.metrics
-        t, sp, dl, ses = self.tracker, self.spool, self.dlq, self.session
+        t, sp, dl = self.tracker, self.spool, self.dlq
         for name, kind, text, labels, read in (
-            ("kerbside_messages_total", "counter", "MQTT messages taken from the broker, by kind", ("kind",), None),
+            ("kerbside_messages_total", "counter", "messages taken from the broker, by kind", ("kind",), None),
             ("kerbside_readings_total", "counter", "valid readings decoded (durable once acked)", (), None),
             ("kerbside_seq_resets_total", "counter", "sequence jumps too large to be gaps (reflashed or replaced nodes)",
              (), lambda: t.resets),
@@ -203,16 +179,6 @@ class Collector:
             ("kerbside_storage_errors_total", "counter", "writes a disk refused (no space, read-only, I/O error), by store",
              ("store",), None),
             ("kerbside_influx_up", "gauge", "1 when the last InfluxDB write succeeded", (), lambda: int(self.influx_up is True)),
-            ("kerbside_mqtt_connected", "gauge", "1 while connected to the broker", (), lambda: int(self.connected)),
-            ("kerbside_mqtt_subscribed", "gauge", "1 once the broker accepted our subscriptions", (),
-             lambda: int(self.subscribed)),
-            ("kerbside_mqtt_takeovers_total", "counter",
-             "times the broker gave our session to another connection (0x8E, or closed and took us back at once)",
-             (), lambda: ses.total),
-            ("kerbside_mqtt_client_id_conflict", "gauge", "1 while another client seems to use our client id", (),
-             lambda: int(ses.conflict)),
-            ("kerbside_broker_refused_total", "counter", "messages the broker refused, from its log ($SYS/broker/log/N)",
-             ("reason",), None),
             ("kerbside_flushes_total", "counter", "batches made durable", (), None),
             ("kerbside_unacked_messages", "gauge", "messages received but not yet durable/acked", (), self.unacked),
             ("kerbside_devices_online", "gauge", "devices whose last status says online", (),
@@ -227,6 +193,7 @@ class Collector:
             m.describe(name, kind, text, labels, read)
         for name, key, text in fleet_web.METRICS:  # fleet health, by the fleet view's rules
             m.describe(name, "gauge", text, (), self.fleet.count(key))
+        self.source.describe(m)
 
     def _gapped(self) -> set[str]:
         """Devices with open gaps in this collector's sequence tracking."""
@@ -237,7 +204,7 @@ class Collector:
         h = self.checks
         h.add("threads", self._check_threads)
         h.add("storage", self._check_storage)
-        h.add("mqtt", self._check_mqtt)
+        h.add(self.source.name, self.source.check)
         h.add("influx", self._check_influx)
         h.add("spool", lambda: self._store_check("spool", self.spool.dir, self.spool.bytes, self.spool.max_bytes,
                                                  batches=len(self.spool)))
@@ -249,28 +216,6 @@ class Collector:
         h.add("fleet", self.fleet.counts)  # informs: a node's problem is not the collector's (the fleet page says which)
         h.add("rejected", lambda: {r: int(self.metrics.get("kerbside_rejected_total", reason=r)) for r in contract.REASONS
                                    if self.metrics.get("kerbside_rejected_total", reason=r)})
-
-    def _make_client(self) -> mqtt.Client:
-        c = self.cfg.mqtt
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=c.client_id, protocol=mqtt.MQTTv5,
-                             manual_ack=True)
-        if c.username:
-            client.username_pw_set(c.username, c.password or None)
-        if c.url.startswith("mqtts://"):
-            client.tls_set(ca_certs=c.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.reconnect_delay_set(1, 30)
-        client.max_inflight_messages_set(1000)
-        # Our callbacks never raise into paho (that would end its thread): a bug in one stops the collector instead.
-        client.on_connect = self._callback("on_connect", self._on_connect)
-        client.on_disconnect = self._callback("on_disconnect", self._on_disconnect)
-        client.on_message = self._callback("on_message", self._on_message)
-        client.on_subscribe = self._callback("on_subscribe", self._on_subscribe)
-        client.on_connect_fail = self._callback("on_connect_fail", self._on_connect_fail)
-        return client
-
-    def topics(self) -> list[str]:
-        prefix = f"$share/{self.cfg.mqtt.group}/" if self.cfg.mqtt.group else ""
-        return [f"{prefix}{contract.PREFIX}+/{kind}" for kind in KINDS]
 
     # --- failures: bugs stop the process, full or failing disks block it ----------------
     def _fail(self, what: str, exc: BaseException | None = None) -> None:
@@ -291,14 +236,6 @@ class Collector:
             except BaseException as e:
                 self._fail(f"thread {name}", e)
         return guarded
-
-    def _callback(self, name: str, fn: Callable[..., None]) -> Callable[..., None]:
-        def safe(*args: Any) -> None:
-            try:
-                fn(*args)
-            except Exception as e:
-                self._fail(f"MQTT callback {name}", e)
-        return safe
 
     def _block(self, store: str, e: OSError) -> None:
         """A store could not be written: say so (log, metrics, /healthz); the caller keeps its batch and retries."""
@@ -336,98 +273,19 @@ class Collector:
             self.blocked = None
             self._logged.clear()
 
-    # --- MQTT callbacks (network thread: no blocking, no acks) ---------------------
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s (check mqtt.username/password and the ACL)", reason)
-            self.session.connect_failed()
-            return
-        with self._conn_lock:
-            self.generation += 1
-            self._retained_seen = self.generation if flags.session_present else -1
-        self.connected = True
-        if self.session.connected():
-            self._takeover(definite=False)
-        log.info("connected to %s (session present: %s)", self.cfg.mqtt.url, flags.session_present)
-        client.subscribe([(t, 1) for t in self.topics()])
-        self._log_sub_mid = client.subscribe(brokerlog.TOPIC, 0)[1] or -1
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        self.session.connect_failed()
-        log.warning("cannot reach the broker at %s; retrying (check mqtt.url and that mosquitto runs)", self.cfg.mqtt.url)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: Any, properties: Any) -> None:
-        failed = [r for r in reasons if r.is_failure]
-        if mid == self._log_sub_mid:
-            if failed:
-                log.info("the broker's log (%s) is not readable: refusals at the broker are not counted "
-                         "(docs/collector.md, 'Oversize messages')", brokerlog.TOPIC)
-            return
-        if failed:
-            log.error("broker refused subscriptions %s: %s (check the ACL for the collector's user)", self.topics(), failed)
-        self.subscribed = not failed
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
-        self.connected = False
-        self.subscribed = False
-        with self._conn_lock:
-            self.generation += 1
-        if self.stopping.is_set():
-            return
-        if self.session.disconnected(getattr(reason, "value", -1)):
-            self._takeover(definite=True)
-        backoff = self.session.backoff_s()
-        client.reconnect_delay_set(backoff, max(30, backoff))
-        log.warning("disconnected from the broker (%s); reconnecting in %d s, unacked messages will be redelivered",
-                    reason, backoff)
-
-    def _takeover(self, definite: bool) -> None:
-        """The broker gave our session to another connection (or closed ours and took us back at once)."""
-        n, cid = self.session.recent(), self.cfg.mqtt.client_id
-        if self.session.conflict:
-            log.error("CLIENT ID CONFLICT: the broker handed our session to another client %d times in %.0f min: another "
-                      "collector (or client) uses client_id %r. Give every collector its own mqtt.client_id; until then "
-                      "each gets part of the stream (all of it is stored), no gaps are recorded (run `kerbside gaps scan "
-                      "--since 1d` once it is fixed) and /healthz fails", n, WINDOW_S / 60, cid)
-        elif definite:
-            log.error("the broker says another client took our session (client_id %r, reason 0x8E): two collectors with one "
-                      "mqtt.client_id?", cid)
-        else:
-            log.warning("the broker closed our connection and accepted us again at once (%d times in %.0f min): another "
-                        "client with client_id %r, or a quick broker restart; no gaps are recorded for %.0f min",
-                        n, WINDOW_S / 60, cid, WINDOW_S / 60)
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.startswith("$SYS/"):
-            self._broker_log(msg.payload.decode("utf-8", "replace"))
-            return
-        self.inbox.put(Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self.generation, time.monotonic(),
-                                bool(msg.retain)))
-
-    def _broker_log(self, line: str) -> None:
-        found = brokerlog.refusal(line)
-        if found is None:
-            return
-        reason, client_id = found
-        self.metrics.inc("kerbside_broker_refused_total", reason=reason)
-        if time.monotonic() - self._refused_logged.get(client_id, -1e9) >= 60:
-            self._refused_logged[client_id] = time.monotonic()
-            log.warning("the broker refused a message from %s (%s: larger than its max_packet_size) and disconnected it; "
-                        "a node sending messages this large breaks the contract (docs/wire)", client_id, reason)
-
     # --- handling ------------------------------------------------------------------
     def handle(self, item: Incoming) -> None:
         """Decode one message into the current batch or the dead letters. Never raises."""
+        if item.view:
+            self._view(item)
+            return
         topic, payload = item.topic, item.payload
         kind = topic.rsplit("/", 1)[-1] if topic.startswith(contract.PREFIX) else "invalid"
         self.metrics.inc("kerbside_messages_total", kind=kind if kind in KINDS else "invalid")
         if not self._acks and not self._dead:
             self._batch_start = time.monotonic()
         self._acks.append(item)
-        # A retained message delivered on subscribing to a session we already had: its live copy was queued for
-        # us and taken (written or dead-lettered) then. Processing it again would add a point (the will has no node
-        # time) or a dead letter at every restart; it only refreshes the online view.
-        copy = item.retain and item.generation == self._retained_seen
+        copy = self.source.copy(item)  # a retained copy of what was taken live before: it refreshes the online view
         try:
             m = contract.TOPIC_RE.match(topic)
             tags = self.devices.tags_for(m.group(1)) if m else None
@@ -442,21 +300,41 @@ class Collector:
             self._reject(topic, "bad_structure", f"internal error: {type(e).__name__}: {e}"[:300], payload)
             return
         if d.kind == "status":
-            fleet.observe(self.online, d.device, bool(d.online), d.fields, d.synced, self.clock(), item.retain)
-            if self.devices.registry is not None:  # without one any id is accepted: no series per device then
-                self.metrics.set("kerbside_device_online", 1 if d.online else 0, device=d.device)
+            self._observe(d, item.payload, item.retain)
         if copy:
             return
         if d.kind == "readings":
             rp = self.cfg.influx.rp if d.synced else self.cfg.influx.unsynced_rp
             self._watch_session()  # now: a takeover may have happened while the decoder waited for this message
-            # In a shared group this member sees part of each stream: `kerbside gaps scan` finds gaps instead.
-            gap_lines = [] if self.cfg.mqtt.group else self.tracker.observe(
+            # A collector sharing the stream sees part of each sequence: `kerbside gaps scan` finds gaps instead.
+            gap_lines = [] if self.source.shared else self.tracker.observe(
                 d.device, d.seq, d.count, d.t0, d.period, tags or {}, may_open=not self._partial)
             self._add(rp, d.lines + gap_lines)
             self.metrics.inc("kerbside_readings_total", d.count)
         else:
             self._add(self.cfg.influx.rp, d.lines)
+
+    def _view(self, item: Incoming) -> None:
+        """A status another collector may be storing: it only updates this collector's online view. A bad one is
+        the storing collector's to dead-letter."""
+        m = contract.TOPIC_RE.match(item.topic)
+        try:
+            d = decode(item.topic, item.payload, self.clock(), self.devices.tags_for(m.group(1)) if m else None)
+        except Exception:  # Rejected, or a decoder bug: the stored copy is dead-lettered (and logged) where it is taken
+            return
+        if d.kind == "status":
+            self._observe(d, item.payload, False)
+
+    def _observe(self, d: Decoded, payload: bytes, retained: bool) -> None:
+        """A status into the online view, once: the same message seen again (the stored copy and the view's copy of
+        a status on a cluster, a retained copy of what was taken live) is no news, and would make the fleet view
+        forget which sensor errors were rising."""
+        if self._last_status.get(d.device) == payload:
+            return
+        self._last_status[d.device] = payload
+        fleet.observe(self.online, d.device, bool(d.online), d.fields, d.synced, self.clock(), retained)
+        if self.devices.registry is not None:  # without one any id is accepted: no series per device then
+            self.metrics.set("kerbside_device_online", 1 if d.online else 0, device=d.device)
 
     def _reject(self, topic: str, reason: str, detail: str, payload: bytes) -> None:
         self._dead.append((topic, reason, detail, payload))
@@ -471,7 +349,7 @@ class Collector:
 
     def _watch_session(self) -> None:
         """Decoder thread: gaps are not opened while the stream is partial, and each device starts afresh after."""
-        partial = self.session.partial
+        partial = self.source.interrupted
         if self._partial and not partial:
             self.tracker.rebase()
             log.info("no session takeover for %.0f min: recording gaps again", WINDOW_S / 60)
@@ -506,11 +384,7 @@ class Collector:
             self._step = "state"
             self.tracker.write(p.state)
             p.done.add("state")
-        with self._conn_lock:  # no reconnect between checking the connection and sending its acks
-            gen = self.generation
-            for item in p.acks:
-                if item.generation == gen and item.qos > 0:
-                    self.client.ack(item.mid, item.qos)
+        self.source.ack(p.acks)
         self.metrics.inc("kerbside_flushes_total")
 
     def _commit_until_durable(self, p: Pending) -> bool:
@@ -620,16 +494,8 @@ class Collector:
 
     # --- main loop -------------------------------------------------------------------
     def connect(self) -> None:
-        u = urllib.parse.urlsplit(self.cfg.mqtt.url)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.cfg.mqtt.session_expiry_s
-        props.ReceiveMaximum = self.cfg.mqtt.receive_maximum
-        self.client.connect_async(u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883),
-                                  keepalive=self.cfg.mqtt.keepalive_s, clean_start=False, properties=props)
-        self.client.loop_start()
-        thread = getattr(self.client, "_thread", None)  # paho's network thread: watched like ours
-        if isinstance(thread, threading.Thread):
-            self._threads["mqtt"] = thread
+        """Start the source: it connects in the background; its threads are watched like ours."""
+        self._threads.update(self.source.start())
 
     def start_http(self) -> None:
         if self.cfg.http.port:
@@ -713,8 +579,7 @@ class Collector:
         finally:
             self._hand_over(None)  # the writer's signal to finish
             writer.join(60)
-            self.client.disconnect()
-            self.client.loop_stop()
+            self.source.stop()
             self.spool.close()
             self.writer.close()
             self.fleet.close()
@@ -762,18 +627,6 @@ class Collector:
         return {"ok": False, "blocked": {"store": b.store, "error": b.error, "for_s": round(time.monotonic() - b.since, 1)},
                 "problem": f"not acking: the {b.store} cannot be written ({b.error})"}
 
-    def _check_mqtt(self) -> dict[str, Any]:
-        conflict, cid = self.session.conflict, self.cfg.mqtt.client_id
-        out: dict[str, Any] = {"ok": self.connected and not conflict, "connected": self.connected,
-                               "url": self.cfg.mqtt.url, "client_id": cid,
-                               "takeovers_recent": self.session.recent(), "client_id_conflict": conflict}
-        if conflict:
-            out["problem"] = (f"another client uses client_id {cid!r}: the broker keeps handing our session over; give "
-                              "every collector its own mqtt.client_id")
-        elif not self.connected:
-            out["problem"] = f"not connected to the broker at {self.cfg.mqtt.url}"
-        return out
-
     def _check_influx(self) -> dict[str, Any]:
         reachable = self.writer.ping()
         out: dict[str, Any] = {"ok": reachable, "reachable": reachable, "last_write_ok": self.influx_up,
@@ -796,3 +649,15 @@ class Collector:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(ok, details) as /healthz serves them."""
         return self.checks.report()
+
+
+def make_source(cfg: Config, deliver: Callable[[Incoming], None], metrics: Metrics,
+                fail: Callable[[str, BaseException | None], None]) -> Source:
+    """collector.source: "mqtt" (Mosquitto, the default) or "amqp" (a RabbitMQ cluster's quorum queue)."""
+    if cfg.collector.source == "amqp":
+        from kerbside.collector.amqp_source import AmqpSource
+
+        return AmqpSource(cfg.amqp, deliver, metrics, fail)
+    from kerbside.collector.mqtt_source import MqttSource
+
+    return MqttSource(cfg.mqtt, deliver, metrics, fail)

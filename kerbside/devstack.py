@@ -349,7 +349,7 @@ class CollectorProcess(Service):
     """`python -m kerbside collect` as a child process, configured through the environment only.
 
     `port` is its /metrics port; `settings` ({section: {key: value}}) is everything else. start() returns
-    once the broker has accepted its subscriptions, read from its own /metrics.
+    once the broker has accepted its subscriptions (or its AMQP consumer), read from its own /metrics.
     """
 
     settings: Config | Mapping[str, Mapping[str, object]] = field(default_factory=dict)
@@ -380,7 +380,8 @@ class CollectorProcess(Service):
         def ready() -> bool:
             assert self.proc is not None
             ours = listening(self.proc.pid, self.port) is not False  # not another process's /metrics
-            return ours and (self.metrics() or {}).get("kerbside_mqtt_subscribed") == 1
+            m = self.metrics() or {}
+            return ours and (m.get("kerbside_mqtt_subscribed") == 1 or m.get("kerbside_amqp_consuming") == 1)
 
         if wait:
             self._start(launch, ready, (self.log,), timeout)

@@ -443,6 +443,10 @@ def broker_config_cmd(
     check: Annotated[bool, typer.Option("--check", help="Write nothing: report certificate expiry, CA/certificate "
                                         "mismatch, files mosquitto cannot read, and try the config. Exit 1 when "
                                         "something needs doing.")] = False,
+    engine: Annotated[str | None, typer.Option("--engine", help="mosquitto (one broker) or rabbitmq (a cluster: "
+                                               "node config, definitions with accounts, permissions and the "
+                                               "collectors' queue; docs/scaling.md) (broker.engine).",
+                                               show_default=False)] = None,
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -456,6 +460,9 @@ def broker_config_cmd(
     Example:
 
       kerbside broker-config -c /etc/kerbside/collector.toml --host mqtt.city.example --out /etc/mosquitto/kerbside --apply
+
+    With --engine rabbitmq it renders a RabbitMQ cluster's rabbitmq.conf and definitions.json instead (the same
+    accounts, confined by permissions), and --apply imports the definitions with rabbitmqctl on a cluster node.
     """
     from kerbside.core.errors import ConfigError
     from kerbside.provisioning import broker
@@ -465,9 +472,12 @@ def broker_config_cmd(
     cfg = options.load(config, broker__hosts=host, broker__dir=out, broker__state_dir=state_dir, broker__tls_port=tls_port,
                        broker__plain_port=plain_port, broker__fleet_size=fleet_size, broker__ca_cert=ca_cert,
                        broker__ca_key=ca_key, broker__server_cert=server_cert, broker__server_key=server_key,
-                       registry__path=registry)
+                       registry__path=registry, broker__engine=engine)
     b = cfg.broker
     d = BrokerDir(Path(b.dir or "broker"))
+    if b.engine == "rabbitmq":
+        _rabbitmq_config(cfg, d, check, apply)
+        return
     if check:
         if not d.conf.exists():
             raise fail(f"no broker configuration in {d.root}: run broker-config without --check first", 1)
@@ -524,6 +534,63 @@ def broker_config_cmd(
     console.print(_findings_table(f"Reloaded mosquitto (pid {pid})", findings + after))
     if any(x.level == "error" for x in after):
         raise typer.Exit(1)
+
+
+def _rabbitmq_config(cfg, d: Path, check: bool, apply: bool) -> None:  # type: ignore[no-untyped-def]
+    from kerbside.core.errors import ConfigError
+    from kerbside.provisioning import broker, rabbitmq
+    from kerbside.provisioning import broker_apply as ba
+
+    b = cfg.broker
+    if check:
+        raise fail("--check tries a Mosquitto config; on a RabbitMQ node use `rabbitmq-diagnostics status` and "
+                   "`rabbitmqctl cluster_status`", 2)
+    if not b.hosts:
+        raise fail("pass --host with every name nodes use to reach the cluster's nodes (repeat --host); they go "
+                   "into the broker certificate every node serves")
+    devices = _registry(cfg).load()
+    try:
+        w = rabbitmq.write_all(d, devices, b, cfg.amqp)
+    except OSError as e:
+        raise ConfigError(str(e)) from e
+    accounts = broker.Accounts.from_settings(b)
+    t = Table(title=f"RabbitMQ cluster config in {d.root}", title_justify="left")
+    for col in ("file", "owner", "mode", "what"):
+        t.add_column(col)
+    f = d.files
+    for path, what in ((w.conf, f"rabbitmq.conf of every node ({', '.join(b.cluster_nodes)})"),
+                       (w.plugins, "enabled_plugins: the MQTT plugin"),
+                       (w.definitions, f"{w.nodes} nodes, {', '.join(accounts.all)}, queue {cfg.amqp.queue}"),
+                       (f.cafile, "CA: nodes get this as /ca.pem"), (f.certfile, "broker certificate (every node)"),
+                       (f.keyfile, "broker key"),
+                       *((d.secret_file(a), "collector's amqp.password" if a in accounts.ingest else "operator's password")
+                         for a in accounts.all)):
+        st = path.stat()
+        t.add_row(str(path), ba.describe(st).split()[0], f"{st.st_mode & 0o777:04o}", what)
+    console.print(t)
+    console.print(f"{escape(str(w.tls))}. Messages up to {rabbitmq.MAX_MESSAGE} bytes; queue {cfg.amqp.queue} holds up to "
+                  f"{broker.queue_limit(b.fleet_size or w.nodes)} messages.")
+    for warning in w.tls.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if w.without_hash:
+        err.print(f"[yellow]warning:[/] {len(w.without_hash)} active nodes have no RabbitMQ credential (provisioned before "
+                  f"kerbside kept one): {', '.join(w.without_hash[:10])}{' ...' if len(w.without_hash) > 10 else ''}. "
+                  "`kerbside registry rotate ID` and re-provision each to move it to the cluster.", highlight=False)
+    for name in accounts.ingest:
+        console.print(f"Collector settings: collector.source = amqp, amqp.username = {name}, amqp.password from "
+                      f"{d.secret_file(name).name}, amqp.urls = every node's amqp://host:{b.amqp_port}.")
+    if not apply:
+        console.print("Copy the directory to every node, point RABBITMQ_CONFIG_FILE at rabbitmq.conf and "
+                      "RABBITMQ_ENABLED_PLUGINS_FILE at enabled_plugins, then run this again with --apply on one node.")
+        return
+    import json
+
+    try:
+        done = rabbitmq.apply(rabbitmq.rabbitmqctl(), str(w.definitions), json.loads(w.definitions.read_text()), accounts)
+    except rabbitmq.RabbitError as e:
+        raise fail(f"not applied: {e}", 1) from e
+    console.print(f"Applied: {done.imported} accounts, their permissions, queue {cfg.amqp.queue} and its bindings"
+                  + (f"; deleted {', '.join(done.deleted)}" if done.deleted else "") + ".")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ import datetime as dt
 from kerbside.core.errors import ProvisioningError
 from kerbside.core.registry import ACTIVE, DECOMMISSIONED, Device, Registry
 from kerbside.provisioning.identity import check_device_id, new_secret
-from kerbside.provisioning.passwd import hash_password
+from kerbside.provisioning.passwd import clear_secret, set_secret
 
 
 class FleetError(ProvisioningError, RuntimeError):
@@ -37,7 +37,7 @@ def decommission(registry: Registry, device_id: str, reason: str = "") -> Device
     with registry.edit() as devices:
         dev = _get(devices, device_id)
         dev.status = DECOMMISSIONED
-        dev.password_hash = ""
+        clear_secret(dev)
         dev.updated = now_iso()
         if reason:
             dev.extra["decommission_reason"] = reason
@@ -57,6 +57,6 @@ def rotate(registry: Registry, device_id: str) -> tuple[Device, str]:
         if dev.status != ACTIVE:
             raise FleetError(f"device {device_id} is decommissioned; provision a new node instead of rotating")
         dev.credential += 1
-        dev.password_hash = hash_password(secret)
+        set_secret(dev, secret)
         dev.updated = now_iso()
         return dev, secret

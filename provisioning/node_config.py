@@ -33,6 +33,8 @@ class Profile:
     wifi: list[dict[str, str]] = field(default_factory=list)
     host: str = _DEFAULT.broker_host
     port: int = _DEFAULT.broker_port
+    brokers: list[tuple[str, int]] = field(default_factory=list)
+    """node.brokers, parsed: every broker nodes may use (empty: host and port alone)."""
     tls: bool = _DEFAULT.tls
     ca: Path | None = None
     release_key: Path | None = None
@@ -49,12 +51,13 @@ class Profile:
         if node.wifi_ssid:
             wifi = [{"ssid": node.wifi_ssid, "psk": node.wifi_psk}] + [w for w in wifi if w.get("ssid") != node.wifi_ssid]
         return cls(wifi=[{"ssid": w.get("ssid", ""), "psk": w.get("psk", "")} for w in wifi], host=node.broker_host,
-                   port=node.broker_port, tls=node.tls, ca=Path(node.ca) if node.ca else None,
+                   port=node.broker_port, brokers=[_host_port(b, node.broker_port) for b in node.brokers], tls=node.tls,
+                   ca=Path(node.ca) if node.ca else None,
                    release_key=Path(node.release_key) if node.release_key else None, keepalive=node.keepalive,
                    ntp=list(node.ntp), period=node.period, sample=node.sample, status_every=node.status_every)
 
     def check(self) -> Profile:
-        if not self.host:
+        if not self.host and not self.brokers:
             raise ConfigError("no broker host: set [node] broker_host in the settings or pass --broker-host")
         if not self.wifi:
             raise ConfigError("no Wi-Fi network: add a [[node.wifi]] entry to the settings or pass --wifi-ssid "
@@ -130,7 +133,7 @@ def config_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]
         if old.get(key) != new.get(key):
             out.append(f"node {key}: {old.get(key)!r} -> {new.get(key)!r}")
     om, nm = old.get("mqtt") or {}, new["mqtt"]
-    for key in ("host", "port", "tls", "keepalive"):
+    for key in ("host", "port", "brokers", "tls", "keepalive"):
         if om.get(key) != nm.get(key):
             out.append(f"node broker {key}: {om.get(key)!r} -> {nm.get(key)!r}")
     ow = [w.get("ssid") for w in old.get("wifi") or [] if isinstance(w, dict)]
@@ -143,9 +146,26 @@ def config_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]
     return out
 
 
+def _host_port(entry: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = entry.rpartition(":")
+    if not sep or not port.isdigit():
+        return entry, default_port
+    if not host or not 0 < int(port) < 65536:
+        raise ConfigError(f"node.brokers: {entry!r} is not host or host:port")
+    return host, int(port)
+
+
+def brokers_for(device_id: str, profile: Profile) -> list[tuple[str, int]]:
+    """The node's broker list: all of them, starting at the device's own place so that a fleet spreads evenly."""
+    brokers = profile.brokers or [(profile.host, profile.port)]
+    k = int(device_id, 16) % len(brokers)
+    return brokers[k:] + brokers[:k]
+
+
 def build(device_id: str, password: str, credential: int, spec: NodeSpec, profile: Profile, cfg: int,
           cal: dict[str, Any] | None = None) -> dict[str, Any]:
     """Exactly the keys the firmware's config reader expects (docs/provisioning.md)."""
+    brokers = brokers_for(device_id, profile)
     return {
         "v": FORMAT_VERSION,
         "device": device_id,
@@ -154,8 +174,9 @@ def build(device_id: str, password: str, credential: int, spec: NodeSpec, profil
         "zone": spec.zone,
         "wifi": [dict(w) for w in profile.wifi],
         "mqtt": {
-            "host": profile.host,
-            "port": profile.port,
+            "host": brokers[0][0],
+            "port": brokers[0][1],
+            "brokers": [[h, p] for h, p in brokers],
             "tls": profile.tls,
             "user": device_id,
             "password": password,

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import os
+from typing import Any
 
 from kerbside.core.errors import ProvisioningError
 
@@ -51,3 +52,30 @@ def passwd_line(user: str, encoded: str) -> str:
     if not user or ":" in user or "\n" in user:
         raise PasswdError(f"{user!r} cannot be a mosquitto user name")
     return f"{user}:{encoded}\n"
+
+
+def rabbitmq_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's internal account hash (rabbit_password_hashing_sha256): base64(salt + SHA-256(salt + password)).
+
+    RabbitMQ has no PBKDF2, so a node's account on a cluster needs this second hash, made while the secret is
+    known (provision, rotate). One round of SHA-256 is enough for our 192-bit random secrets: nothing to guess.
+    """
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def verify_rabbitmq_hash(password: str, encoded: str) -> bool:
+    raw = base64.b64decode(encoded)
+    return hmac.compare_digest(raw[4:], hashlib.sha256(raw[:4] + password.encode()).digest())
+
+
+def set_secret(dev: Any, secret: str) -> None:
+    """A node's broker credentials from its secret: Mosquitto's hash and RabbitMQ's (docs/scaling.md)."""
+    dev.password_hash = hash_password(secret)
+    dev.rabbitmq_hash = rabbitmq_hash(secret)
+
+
+def clear_secret(dev: Any) -> None:
+    """No credential left: no re-render of either broker lets the node back in."""
+    dev.password_hash = ""
+    dev.rabbitmq_hash = ""

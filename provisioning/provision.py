@@ -24,7 +24,7 @@ from kerbside.provisioning import node_config, release, selftest
 from kerbside.provisioning.bundle import LIB, DeviceFile
 from kerbside.provisioning.fleet import now_iso
 from kerbside.provisioning.identity import new_device_id, new_secret
-from kerbside.provisioning.passwd import PasswdError, hash_password, verify_password
+from kerbside.provisioning.passwd import PasswdError, clear_secret, set_secret, verify_password
 from kerbside.provisioning.rawrepl import DeviceException, RawRepl
 
 SELFTEST_TIMEOUT = 120.0
@@ -103,14 +103,15 @@ def _resolve_identity(registry: Registry, existing: dict[str, Any] | None, spec:
             if not valid:
                 ident.password = new_secret()
                 ident.credential = dev.credential = dev.credential + 1
-                dev.password_hash = hash_password(ident.password)
+                set_secret(dev, ident.password)
                 ident.rotated = True
                 notes.append("the node's secret was not the registry's (rotated?): issued a new one")
             dev.kit, dev.site, dev.zone, dev.lat, dev.lon = spec.kit, spec.site, spec.zone, spec.lat, spec.lon  # type: ignore[assignment]
             dev.updated = now_iso()
             return ident
         if dev is not None and dev.status == ACTIVE and new_identity:
-            dev.status, dev.password_hash, dev.updated = "decommissioned", "", now_iso()
+            dev.status, dev.updated = "decommissioned", now_iso()
+            clear_secret(dev)
             dev.extra["decommission_reason"] = "re-provisioned with --new-identity"
             notes.append(f"old identity {dev.id} decommissioned (--new-identity)")
         elif dev is not None:
@@ -120,9 +121,9 @@ def _resolve_identity(registry: Registry, existing: dict[str, Any] | None, spec:
         device_id = new_device_id(devices)
         password = new_secret()
         now = now_iso()
-        devices[device_id] = Device(id=device_id, kit=str(spec.kit), site=str(spec.site), zone=spec.zone or "", lat=spec.lat,
-                                    lon=spec.lon, status=ACTIVE, created=now, updated=now, credential=1,
-                                    password_hash=hash_password(password))
+        devices[device_id] = dev = Device(id=device_id, kit=str(spec.kit), site=str(spec.site), zone=spec.zone or "",
+                                          lat=spec.lat, lon=spec.lon, status=ACTIVE, created=now, updated=now, credential=1)
+        set_secret(dev, password)
         return _Identity(device_id, password, 1, created=True, rotated=True)
 
 

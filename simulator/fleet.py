@@ -57,6 +57,10 @@ class FaultPlan:
 @dataclass
 class FleetConfig:
     broker: str = "mqtt://127.0.0.1:1883"
+    brokers: list[str] = field(default_factory=list)
+    """Every node of a clustered broker (mqtt://host:port), instead of `broker` alone. Each node gets them all
+    (mqtt.brokers), starting at its own place in the list so the fleet spreads evenly, and its firmware moves
+    to the next one when a broker fails."""
     air: int = 3
     traffic: int = 2
     seed: int = 1
@@ -106,7 +110,8 @@ class VirtualNode:
     stats: NodeStats
     board: SimBoard
     site: Site
-    relay: Relay | None = None
+    relays: list[Relay] = field(default_factory=list)
+    """One per broker, in the node's own order (the first is where it starts)."""
     node: knode_node.Node | None = None
     task: asyncio.Task[None] | None = None
     offline: list[Window] = field(default_factory=list)
@@ -143,7 +148,7 @@ class Fleet:
         self.cfg = cfg
         self.on_tick = on_tick
         self.on_boot = on_boot
-        self.broker = parse_broker(cfg.broker)
+        self.brokers = [parse_broker(u) for u in (cfg.brokers or [cfg.broker])]
         if cfg.start is not None:
             start = cfg.start
         else:
@@ -156,6 +161,8 @@ class Fleet:
         self.clock = VirtualClock(self.power_on_us / US, cfg.speedup)
         self.broker_down = False
         self.nodes: list[VirtualNode] = []
+        self.passwords: dict[str, str] = {}
+        """Device id -> its broker secret (a broker with accounts, such as a secured cluster); default none."""
         self.colocated: list[int] = []
         """Indices of the nodes beside the reference station, in the order of cfg.reference.sensors."""
         self.phase = "running"
@@ -264,11 +271,12 @@ class Fleet:
     def _node_config(self, vn: VirtualNode) -> dict:
         c = self.cfg
         s = vn.stats
-        assert vn.relay is not None
+        assert vn.relays
         return {"v": 1, "device": s.device, "kit": s.kit, "site": f"sim-{s.index:03d}", "zone": s.zone,
                 "wifi": [{"ssid": "kerbside-sim", "psk": "simulated"}],
-                "mqtt": {"host": "127.0.0.1", "port": vn.relay.port, "tls": False, "user": s.device,
-                         "password": "", "keepalive": 60},
+                "mqtt": {"host": "127.0.0.1", "port": vn.relays[0].port, "tls": False, "user": s.device,
+                         "password": self.passwords.get(s.device, ""), "keepalive": 60,
+                         "brokers": [["127.0.0.1", r.port] for r in vn.relays]},
                 "ntp": ["pool.ntp.org"], "period": c.period, "sample": c.sample, "status_every": c.status_every,
                 "credential": 1, "cfg": 1, "cal": {}, "pins": self._pins(s.kit), "buffer_kb": c.buffer_kb}
 
@@ -321,8 +329,8 @@ class Fleet:
     def _power_cut(self, vn: VirtualNode, spans: list[expect.Span]) -> None:
         """Power off now: the firmware gets no say (its tasks are cancelled before they run again),
         and power returns at the next planned power-on."""
-        if vn.relay is not None:
-            vn.relay.cut()
+        for relay in vn.relays:
+            relay.cut()
         if vn.task is not None:
             vn.task.cancel()
         if vn.node is not None:
@@ -347,8 +355,8 @@ class Fleet:
         for vn in self.nodes:
             down = any(to_us(a) <= off < to_us(a) + to_us(d) for a, d in vn.offline)
             if (down and not vn.board.faults.wifi_down) or (self.broker_down and not was):
-                assert vn.relay is not None
-                vn.relay.cut()
+                for relay in vn.relays:
+                    relay.cut()
             vn.board.faults.wifi_down = down
             for k, sp in enumerate(vn.spans[:-1]):
                 if sp.off == t_us:
@@ -406,7 +414,9 @@ class Fleet:
         if c.registry is not None:
             self.write_registry(c.registry)
         for vn in self.nodes:
-            vn.relay = await Relay(*self.broker, is_down=functools.partial(self._down, vn)).start()
+            n = len(self.brokers)
+            order = [self.brokers[(vn.stats.index + k) % n] for k in range(n)]  # node i starts at broker i mod n
+            vn.relays = [await Relay(*b, is_down=functools.partial(self._down, vn)).start() for b in order]
             vn.board.root = str(c.state_dir / vn.stats.device)
             Path(vn.board.root).mkdir(parents=True, exist_ok=True)
             (Path(vn.board.root) / "config.json").write_text(json.dumps(self._node_config(vn)))
@@ -430,9 +440,9 @@ class Fleet:
             await asyncio.gather(ticker, *(vn.task for vn in self.nodes if vn.task), return_exceptions=True)
             snap = self.snapshot()
             for vn in self.nodes:
-                with contextlib.suppress(Exception):
-                    if vn.relay is not None:
-                        await vn.relay.stop()
+                for relay in vn.relays:
+                    with contextlib.suppress(Exception):
+                        await relay.stop()
             if self.on_tick:
                 self.on_tick(self)
         return snap

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kerbside.devcluster import RabbitCluster
 from kerbside.devstack import Influxd, Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,14 @@ def influx(influxd: Influxd, request: pytest.FixtureRequest) -> Iterator[InfluxH
     client.query(f'CREATE DATABASE "{name}"', post=True)
     yield client
     client.query(f'DROP DATABASE "{name}"', post=True)
+
+
+@pytest.fixture(scope="session")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """A 3-node RabbitMQ cluster for the tests that do not kill its nodes (the kill test starts its own)."""
+    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbit"), 3, anonymous=False).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

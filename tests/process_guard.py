@@ -31,7 +31,7 @@ class ProcessOutsideServices(RuntimeError):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:  # before -m selects, so `-m "not services"` leaves the VM's tests out too
-        if item.get_closest_marker("mpy") and not item.get_closest_marker("services"):
+        if (item.get_closest_marker("mpy") or item.get_closest_marker("cluster")) and not item.get_closest_marker("services"):
             item.add_marker(pytest.mark.services)
 
 

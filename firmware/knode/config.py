@@ -50,6 +50,13 @@ def validate(cfg):
     for k in MQTT_DEFAULTS:
         m.setdefault(k, MQTT_DEFAULTS[k])
     m.setdefault("user", dev)
+    brokers = m.setdefault("brokers", [[m["host"], m["port"]]])
+    if not isinstance(brokers, list) or not brokers:
+        raise ConfigError("mqtt.brokers: need a list of [host, port]")
+    for h in brokers:
+        if (not isinstance(h, list) or len(h) != 2 or not isinstance(h[0], str) or not h[0]
+                or not isinstance(h[1], int) or not 0 < h[1] < 65536):
+            raise ConfigError("mqtt.brokers: each entry is [host, port]")
     for k in ("period", "sample", "status_every"):
         if not isinstance(cfg[k], int) or cfg[k] <= 0:
             raise ConfigError(k + ": need a positive integer (seconds)")

@@ -20,6 +20,8 @@ WDT_MS = 120000
 LINK_STALL_S = 1200   # the link makes progress at least this often, or the watchdog resets the node:
 #                       every wait in it is bounded (Wi-Fi 20 s per network, broker 10 s, backoff <= 5 min)
 STABLE_S = 60         # a connection that lasted this long resets the reconnect backoff
+#                       mqtt.brokers (a cluster's nodes) are tried in turn: a failed or lost connection
+#                       moves to the next, after the same backoff; readings not PUBACKed stay in the store
 CATCH_UP = 10         # intervals the sampler may lag and still produce each one (else a visible time gap)
 MAX_CMDS = 4          # commands taken at once; more stay with the broker until the queue is empty
 
@@ -49,6 +51,7 @@ class Node:
         self.ntp_banned = []
         self.ntp_err = ""
         self.client = None
+        self.broker = 0  # index into mqtt.brokers of the broker the link uses (or will try next)
         self.cmds = []  # (payload or None if too large, packet id)
         self.cmds_done = 0
         self.refused = False  # a command was left with the broker: reconnect once the queue is empty
@@ -195,16 +198,19 @@ class Node:
         while self.running:  # besides cancel(): CPython 3.11's wait_for can swallow a cancellation
             self.link_t = b.time()
             up_at = None
+            dialled = False
             try:
                 if not await net.join_wifi(b, self.cfg):
                     raise OSError("no Wi-Fi")
+                dialled = True
                 self.link_t = b.time()
                 if b.time() >= self.ntp_next:
                     await self.sync_clock()
                 if client is None:
                     client = net.client_for(b, self.cfg, self.on_message)  # once per boot: one TLS context
                 self.link_t = b.time()
-                await client.connect(m["host"], m["port"])
+                host, port = m["brokers"][self.broker % len(m["brokers"])]
+                await client.connect(host, port)
                 up_at = b.time()
                 self.client = client
                 try:
@@ -229,6 +235,10 @@ class Node:
             if self.reconnect_now:
                 self.reconnect_now = False
                 continue
+            if dialled:
+                # This broker failed or went away: the next one in the list, after the usual backoff. The
+                # reading whose PUBACK never came is still first in the store: it goes to that broker.
+                self.broker = (self.broker + 1) % len(m["brokers"])
             await b.sleep_ms(bo.next_ms())
 
     async def pump(self, client):

@@ -46,6 +46,9 @@ class Device:
     """Bumped by `registry rotate`; the node's config carries the same number."""
     password_hash: str = ""
     """mosquitto_passwd-compatible hash ($7$...), empty for certificate-only nodes."""
+    rabbitmq_hash: str = ""
+    """The same secret hashed for a RabbitMQ cluster (salted SHA-256, RabbitMQ's own format); empty for nodes
+    provisioned before kerbside could configure one: rotate and re-provision them to move them to a cluster."""
     extra: dict[str, str] = field(default_factory=dict)
     calibrations: list[dict[str, Any]] = field(default_factory=list)
     """Sensor calibrations against a reference station (`kerbside calibrate`; kerbside.analysis.calibration),

@@ -39,7 +39,8 @@ from typing import Any
 from kerbside.core.errors import ConfigError
 
 __all__ = [
-    "ENV_CONFIG", "SEARCH_PATH", "AnalysisConfig", "BatchConfig", "BrokerConfig", "Config", "ConfigError", "DlqConfig",
+    "ENV_CONFIG", "SEARCH_PATH", "AmqpConfig", "AnalysisConfig", "BatchConfig", "BrokerConfig", "CollectorConfig", "Config",
+    "ConfigError", "DlqConfig",
     "FirmwareConfig", "HttpConfig", "InfluxConfig", "LogConfig", "MqttConfig", "NodeConfig", "RegistryConfig",
     "SpoolConfig", "StateConfig", "child_env", "env_name", "is_loopback", "load",
 ]
@@ -98,6 +99,34 @@ class MqttConfig:
     keepalive_s: int = 30
     receive_maximum: int = 1000
     """QoS1 messages the broker may have in flight to us unacknowledged (MQTT v5); the broker config matches it."""
+
+
+@dataclass
+class CollectorConfig:
+    source: str = "mqtt"
+    """Where the collector takes messages from: "mqtt" (the [mqtt] broker, Mosquitto) or "amqp" (the [amqp] queue
+    of a RabbitMQ cluster, shared by competing collectors; docs/scaling.md)."""
+
+
+@dataclass
+class AmqpConfig:
+    """How the collector consumes a RabbitMQ cluster's queue (collector.source = "amqp")."""
+
+    urls: list[str] = field(default_factory=lambda: ["amqp://127.0.0.1:5672"])
+    """amqp://host:port (amqps:// for TLS) of every node of the cluster: tried in turn from a random one."""
+    username: str = ""
+    """This collector's ingest account (broker.ingest_users)."""
+    password: str = _secret()
+    ca_file: str = _path()
+    """CA of the nodes' certificate for amqps:// (empty: the system's)."""
+    vhost: str = "/"
+    queue: str = "kerbside.ingest"
+    """The quorum queue every collector consumes; `broker-config --engine rabbitmq` declares and binds it."""
+    prefetch: int = 1000
+    """Deliveries the broker may have outstanding to us unacked: as for mqtt.receive_maximum, more than
+    batch.max_messages, so that batches fill."""
+    heartbeat_s: int = 10
+    """A node that vanished without closing the connection (host down, network cut) is noticed after about twice this."""
 
 
 @dataclass
@@ -190,6 +219,8 @@ class LogConfig:
 class BrokerConfig:
     """What `kerbside broker-config` renders, and where provision and registry re-render the password file."""
 
+    engine: str = "mosquitto"
+    """"mosquitto" (one broker) or "rabbitmq" (a cluster: docs/scaling.md)."""
     dir: str = _path()
     """broker-config writes here (./broker when empty); provision and registry re-render its passwd when set."""
     hosts: list[str] = field(default_factory=list)
@@ -218,6 +249,10 @@ class BrokerConfig:
     ca_key: str = _path()
     server_cert: str = _path()
     server_key: str = _path()
+    cluster_nodes: list[str] = field(default_factory=list)
+    """RabbitMQ: the cluster's Erlang node names (rabbit@host1, …), one per host, in every node's config."""
+    amqp_port: int = 5672
+    """RabbitMQ: the collectors' AMQP listener on internal_bind."""
 
 
 @dataclass
@@ -227,6 +262,10 @@ class NodeConfig:
     broker_host: str = ""
     """Host name nodes dial: one of broker.hosts."""
     broker_port: int = 8883
+    brokers: list[str] = field(default_factory=list)
+    """Every broker nodes may use (a cluster's nodes), host or host:port (default port broker_port). Each node
+    gets them all, starting at its own place in the list so the fleet spreads, and moves to the next one when a
+    broker fails. Empty: broker_host alone."""
     tls: bool = True
     ca: str = _path()
     """CA certificate nodes trust (broker-config writes it as ca.pem); goes to the node as /ca.pem."""
@@ -263,7 +302,9 @@ class AnalysisConfig:
 
 @dataclass
 class Config:
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    amqp: AmqpConfig = field(default_factory=AmqpConfig)
     influx: InfluxConfig = field(default_factory=InfluxConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -546,6 +587,15 @@ def validate(cfg: Config) -> None:
     """What no command can work with, whichever it is."""
     if not cfg.mqtt.url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError(f"mqtt.url {cfg.mqtt.url!r} must start with mqtt:// or mqtts://")
+    if cfg.collector.source not in ("mqtt", "amqp"):
+        raise ConfigError(f"collector.source must be mqtt or amqp, not {cfg.collector.source!r}")
+    for url in cfg.amqp.urls:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(f"amqp.urls: {url!r} must start with amqp:// or amqps://")
+    if cfg.collector.source == "amqp" and not cfg.amqp.urls:
+        raise ConfigError("collector.source = amqp needs amqp.urls: every node of the cluster")
+    if cfg.broker.engine not in ("mosquitto", "rabbitmq"):
+        raise ConfigError(f"broker.engine must be mosquitto or rabbitmq, not {cfg.broker.engine!r}")
     if not cfg.influx.url.startswith(("http://", "https://")):
         raise ConfigError(f"influx.url {cfg.influx.url!r} must start with http:// or https://")
     if cfg.influx.api not in ("v1", "v2"):

@@ -45,7 +45,7 @@ class InProcess:
 
     def __enter__(self) -> Collector:
         self.thread.start()
-        wait_for(lambda: self.collector.subscribed, "collector connected and subscribed", 15)
+        wait_for(lambda: self.collector.source.subscribed, "collector connected and subscribed", 15)
         return self.collector
 
     def __exit__(self, *exc: object) -> None:

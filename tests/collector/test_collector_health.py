@@ -160,7 +160,7 @@ def test_a_callback_that_raises_stops_the_collector_instead_of_paho(collector: C
     def bad(*args: object) -> None:
         raise KeyError("x")
 
-    collector._callback("on_message", bad)(None, None, None)  # returns: paho's thread lives on
+    collector.source._callback("on_message", bad)(None, None, None)  # returns: paho's thread lives on
     assert collector.failure == "MQTT callback on_message failed: KeyError: 'x'"
 
 

@@ -89,7 +89,7 @@ def test_the_collector_exposes_every_metric_the_docs_name(tmp_path: Path) -> Non
         assert got["kerbside_spool_max_bytes"] == cfg.spool.max_bytes and got["kerbside_spool_batches"] == 0
         assert len(re.findall(r"^# HELP kerbside_", text, re.M)) == len(col.metrics.help) == 43
         assert (got["kerbside_mqtt_connected"], got["kerbside_mqtt_subscribed"], got["kerbside_influx_up"]) == (0, 0, 0)
-        col.connected = col.subscribed = col.influx_up = True  # what the callbacks and the first write set
+        col.source.connected = col.source.subscribed = col.influx_up = True  # what the callbacks and the first write set
         got = parse_metrics(col.render_metrics().decode())
         assert (got["kerbside_mqtt_connected"], got["kerbside_mqtt_subscribed"], got["kerbside_influx_up"]) == (1, 1, 1)
     finally:

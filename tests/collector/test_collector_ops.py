@@ -66,7 +66,7 @@ def test_shared_subscription_splits_load_and_loses_nothing(tmp_path: Path, broke
     msgs, seqs = make_stream(devices=4, total=8000, seed=9, per_msg=(5, 10))
     a = make_config(tmp_path / "a", broker, influxd.url, influx.db, mqtt__group="collectors", mqtt__client_id="kc-a")
     b = make_config(tmp_path / "b", broker, influxd.url, influx.db, mqtt__group="collectors", mqtt__client_id="kc-b")
-    assert InProcess(a).collector.topics()[0] == "$share/collectors/kerbside/v1/+/readings"
+    assert InProcess(a).collector.source.topics()[0] == "$share/collectors/kerbside/v1/+/readings"
     with InProcess(a) as ca, InProcess(b) as cb:
         pub = Publisher(broker)
         pub.publish_many(msgs)

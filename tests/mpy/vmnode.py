@@ -109,5 +109,6 @@ out = {"reason": R["reason"], "produced": n.produced, "sent": n.sent, "buffered"
        "last_err": n.last_err, "peak_heap": peak, "heap_vm": heap0, "heap_board": heap1 - heap0 - drivers,
        "heap_code": heap2 - heap1 + drivers, "peak_node": peak - heap1 + drivers, "instants": clock.instants,
        "now_us": clock.now, "wdt_feeds": board.wdt.feeds if board.wdt else 0, "open_sockets": jsnet.open_count(),
-       "net": json.loads(jsnet.stats()), "cmds_done": getattr(n, "cmds_done", 0), "at_peak": at_peak}
+       "net": json.loads(jsnet.stats()), "cmds_done": getattr(n, "cmds_done", 0), "at_peak": at_peak,
+       "broker": n.broker}
 print("KS_NODE " + json.dumps(out))

@@ -20,7 +20,7 @@ from kerbside.provisioning.selftest import EXPECTED_CHECKS
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG_KEYS = {"v", "device", "kit", "site", "zone", "wifi", "mqtt", "ntp", "period", "sample", "status_every",
                "credential", "cfg", "cal"}
-MQTT_KEYS = {"host", "port", "tls", "user", "password", "ca", "keepalive"}
+MQTT_KEYS = {"host", "port", "brokers", "tls", "user", "password", "ca", "keepalive"}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,7 @@ def test_provision_end_to_end(board, registry, profile, firmware_files, fast_rep
     assert cfg["device"] == cfg["mqtt"]["user"] == out.device_id
     assert (cfg["v"], cfg["kit"], cfg["credential"], cfg["cfg"], cfg["cal"]) == (1, "air", 1, 1, {})
     assert cfg["mqtt"]["ca"] == "/ca.pem" and cfg["mqtt"]["port"] == 8883 and cfg["mqtt"]["tls"] is True
+    assert cfg["mqtt"]["brokers"] == [[cfg["mqtt"]["host"], 8883]], "one broker: the list is that broker"
     assert len(cfg["mqtt"]["password"]) >= 32 and verify_password(cfg["mqtt"]["password"], dev.password_hash)
     assert all(cfg["mqtt"]["password"] not in m for m in messages)
 
