@@ -14,6 +14,7 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,18 @@ def _records(root: Path) -> list[list]:
 
 
 # -- the clock -------------------------------------------------------------------------------------
+
+def _record_feeds(board: Any, feeds: list[int]) -> None:
+    """Every watchdog feed the node makes, at board time."""
+    real = board.watchdog
+
+    def wdt(ms: int):  # type: ignore[no-untyped-def]
+        w = real(ms)
+        w.feed = lambda: feeds.append(board.time())  # type: ignore[method-assign]
+        return w
+
+    board.watchdog = wdt  # type: ignore[method-assign]
+
 
 def test_power_on_in_the_first_second_of_a_period_gives_no_duplicate_timestamp(tmp_path: Path,
                                                                               refusing_port: int) -> None:
@@ -178,14 +191,7 @@ def test_the_watchdog_starves_when_the_link_hangs_not_only_when_sampling_does(tm
         return False
 
     def setup(n: node.Node) -> None:
-        real = board.watchdog
-
-        def wdt(ms: int):  # type: ignore[no-untyped-def]
-            w = real(ms)
-            w.feed = lambda: feeds.append(board.time())  # type: ignore[method-assign]
-            return w
-
-        board.watchdog = wdt  # type: ignore[method-assign]
+        _record_feeds(board, feeds)
 
     monkeypatch.setattr(net, "join_wifi", hang)
     n = _run(board, 3 * 3600, setup)
@@ -200,14 +206,7 @@ def test_the_watchdog_keeps_being_fed_while_the_broker_is_unreachable(tmp_path: 
     feeds: list[int] = []
 
     def setup(n: node.Node) -> None:
-        real = board.watchdog
-
-        def wdt(ms: int):  # type: ignore[no-untyped-def]
-            w = real(ms)
-            w.feed = lambda: feeds.append(board.time())  # type: ignore[method-assign]
-            return w
-
-        board.watchdog = wdt  # type: ignore[method-assign]
+        _record_feeds(board, feeds)
 
     _run(board, 3 * 3600, setup)
     gaps = [b - a for a, b in itertools.pairwise(feeds)]
