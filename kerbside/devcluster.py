@@ -42,6 +42,12 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 """The scripts without Debian's user-switching wrappers."""
 START_TIMEOUT = 120.0
 """A cold node boots in ~10 s alone; three on two busy cores take longer."""
+INETRC = """\
+%% kerbside dev cluster: node names are name@localhost, and "localhost" must resolve even where
+%% /etc/hosts lacks it (a bare chroot or container): Erlang's own host table first, then the OS.
+{host, {127,0,0,1}, ["localhost"]}.
+{lookup, [file, native]}.
+"""
 ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}"
 """Erlang schedulers spin while idle by default: on a shared machine three idle nodes would eat the cores. The
 distribution port listens on loopback only (the default is every address)."""
@@ -172,10 +178,16 @@ class RabbitCluster:
         """HOME for every node and rabbitmqctl: the shared Erlang cookie is HOME/.erlang.cookie."""
         return self.root / "home"
 
+    @property
+    def inetrc(self) -> Path:
+        """Erlang's resolver config for every node and rabbitmqctl (INETRC)."""
+        return self.root / "inetrc"
+
     def env(self, node: RabbitNode | None = None) -> dict[str, str]:
         """What a node or rabbitmqctl needs: cookie (HOME), the private epmd, and no system config."""
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_")) and k != "HOME"}
-        env = {**keep, "HOME": str(self.home), "ERL_EPMD_PORT": str(self.epmd_port), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        env = {**keep, "HOME": str(self.home), "ERL_EPMD_PORT": str(self.epmd_port), "ERL_INETRC": str(self.inetrc),
+               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "RABBITMQ_CONF_ENV_FILE": str(self.root / "rabbitmq-env.conf")}
         if node is not None:
             s = node.state
@@ -206,6 +218,7 @@ class RabbitCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(exist_ok=True)
         (self.root / "rabbitmq-env.conf").write_text("# kerbside dev cluster: no system rabbitmq-env.conf\n")
+        self.inetrc.write_text(INETRC)
         cookie = self.home / ".erlang.cookie"
         if not cookie.exists():
             cookie.write_text(self.cookie or os.urandom(16).hex())
@@ -296,7 +309,7 @@ class RabbitCluster:
         bindir.mkdir(exist_ok=True)
         shim = bindir / "rabbitmqctl"
         shim.write_text(f"#!/bin/sh\n# kerbside dev cluster: rabbitmqctl on {target.name}\n"
-                        f"export HOME='{self.home}' ERL_EPMD_PORT={self.epmd_port}\n"
+                        f"export HOME='{self.home}' ERL_EPMD_PORT={self.epmd_port} ERL_INETRC='{self.inetrc}'\n"
                         f"exec '{ctl}' -n '{target.name}' \"$@\"\n")
         shim.chmod(0o755)
         return bindir
