@@ -66,8 +66,14 @@ endef
 system-deps-demo:
 	$(call install_missing,$(DEMO_BINS))
 
+# A bare Debian root (debootstrap) has no /etc/hosts: selenium reaches chromedriver at "localhost" by name,
+# and RabbitMQ's nodes are name@localhost. Every installed Debian has this line.
 system-deps:
 	$(call install_missing,$(TEST_BINS))
+	@getent hosts localhost >/dev/null || { \
+	  echo "adding '127.0.0.1 localhost' to /etc/hosts: chromedriver and RabbitMQ expect the name"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "127.0.0.1 localhost" | $$sudo tee -a /etc/hosts >/dev/null; }
 
 $(BASE_STAMP): pyproject.toml | system-deps-demo
 	@test -x $(PY) || python3 -m venv $(VENV)
