@@ -183,7 +183,8 @@ def run(plan: DemoPlan) -> int:
             return 2
         fleet.write_registry(demo.registry)
         demo.start_collector()
-        con.print(f"[green]✓[/] collector running (metrics http://{LOOPBACK}:{demo.collector.port}/metrics)")
+        con.print(f"[green]✓[/] collector running: fleet page http://{LOOPBACK}:{demo.collector.port}/fleet, "
+                  f"metrics http://{LOOPBACK}:{demo.collector.port}/metrics")
         con.print(f"simulating {plan.days:g} days of {plan.air} air-quality and {plan.traffic} traffic nodes "
                   f"({plan.start:%d %b} → {plan.end:%d %b}, LEZ from {plan.lez_from:%d %b}), "
                   f"~{plan.wall_s / 60:.1f} min; a broker outage and node outages are injected")
@@ -233,7 +234,8 @@ def run(plan: DemoPlan) -> int:
         if not exact:
             con.print("\n[bold red]✗ readings expected, taken and stored differ (see above)[/]")
         if plan.keep:
-            con.print("\nInfluxDB and Mosquitto stay up for you to explore. [bold]Ctrl-C[/] (or SIGTERM) stops everything.")
+            con.print(f"\nInfluxDB, Mosquitto and the collector stay up for you to explore (the fleet page: "
+                      f"http://{LOOPBACK}:{demo.collector.port}/fleet). [bold]Ctrl-C[/] (or SIGTERM) stops everything.")
             while True:
                 time.sleep(3600)
         return 0 if exact else 1

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,10 @@ def test_demo_runs_end_to_end_loses_nothing_and_stops_on_sigterm(tmp_path: Path)
             time.sleep(0.5)
         text = log.read_text()
         assert "stay up for you to explore" in text, text[-3000:]
+        fleet_url = re.search(r"the fleet page:\s+(http://127\.0\.0\.1:\d+/fleet)", text)
+        assert fleet_url, text[-3000:]
+        with urllib.request.urlopen(fleet_url.group(1), timeout=30) as r:  # the page the demo points to is there
+            assert r.status == 200 and b"<title>kerbside fleet</title>" in r.read()
         services = _services_of(tmp_path, p.pid)
         kinds = " ".join(services.values())
         assert "influxd" in kinds and "mosquitto" in kinds and "kerbside collect" in kinds, services
