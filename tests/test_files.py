@@ -62,8 +62,9 @@ def test_a_failed_replace_leaves_the_old_file_and_no_temporary(tmp_path: Path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", full)
-    with pytest.raises(StorageError, match=r"cannot write .*registry.json: No space left on device"):
+    with pytest.raises(StorageError, match=r"cannot write .*registry.json: No space left on device") as e:
         atomic_write(p, "new")
+    assert e.value.errno == 28, "the cause's errno is kept: the collector's advice depends on it (free space)"
     assert p.read_text() == "old"
     assert [x.name for x in tmp_path.iterdir()] == ["registry.json"]
 

@@ -53,7 +53,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
     except StorageError:
         raise
     except OSError as e:  # no room, no permission, read-only file system: say which file
-        raise StorageError(f"cannot write {target}: {e.strerror or e}") from e
+        err = StorageError(f"cannot write {target}: {e.strerror or e}")
+        err.errno = e.errno  # what went wrong decides the advice (the collector: "free space on that disk")
+        raise err from e
     return target
 
 
