@@ -287,9 +287,7 @@ class Collector:
         self._acks.append(item)
         copy = self.source.copy(item)  # a retained copy of what was taken live before: it refreshes the online view
         try:
-            m = contract.TOPIC_RE.match(topic)
-            tags = self.devices.tags_for(m.group(1)) if m else None
-            d = decode(topic, payload, self.clock(), tags)
+            d, tags = self._decode(item)
         except Rejected as e:
             if not copy:
                 self._reject(topic, e.reason, e.detail, payload)
@@ -317,13 +315,18 @@ class Collector:
     def _view(self, item: Incoming) -> None:
         """A status another collector may be storing: it only updates this collector's online view. A bad one is
         the storing collector's to dead-letter."""
-        m = contract.TOPIC_RE.match(item.topic)
         try:
-            d = decode(item.topic, item.payload, self.clock(), self.devices.tags_for(m.group(1)) if m else None)
+            d, _ = self._decode(item)
         except Exception:  # Rejected, or a decoder bug: the stored copy is dead-lettered (and logged) where it is taken
             return
         if d.kind == "status":
             self._observe(d, item.payload, False)
+
+    def _decode(self, item: Incoming) -> tuple[Decoded, dict[str, str] | None]:
+        """The message decoded with its device's registry tags (None for a topic that names no device)."""
+        m = contract.TOPIC_RE.match(item.topic)
+        tags = self.devices.tags_for(m.group(1)) if m else None
+        return decode(item.topic, item.payload, self.clock(), tags), tags
 
     def _observe(self, d: Decoded, payload: bytes, retained: bool) -> None:
         """A status into the online view, once: the same message seen again (the stored copy and the view's copy of
